@@ -1,0 +1,43 @@
+"""Settings, read once by the entry point (CLI flags, FACEINDEX_* environment) and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of faceindex. Environment variables use the prefix FACEINDEX_."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEINDEX_", extra="ignore")
+
+    data: Path = Field(default=Path("./faceindex-data"), description="the data folder (catalog + index)")
+    detector: Literal["hog", "cnn"] = "hog"
+    backend: Literal["auto", "onnx", "dlib"] = Field(
+        default="auto", description="embedding runtime: onnx (fast) or dlib (reference); auto = onnx if it loads"
+    )
+    max_pixels: int = Field(default=60_000_000, gt=0, description="refuse images with more pixels than this")
+    max_file_bytes: int = Field(default=200_000_000, gt=0, description="refuse files larger than this")
+    detect_max_side: int = Field(
+        default=1600, ge=200, description="downscale images whose longer side exceeds this for detection"
+    )
+    upsample: int | None = Field(
+        default=None, ge=0, le=3, description="detector upsampling; None = adaptive to the image size"
+    )
+    min_face: int = Field(default=20, ge=8, description="faces smaller than this (pixels) are ignored")
+    min_quality: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="faces below this quality are kept but not search candidates"
+    )
+    flip: bool = Field(default=True, description="average the embedding of the chip and its mirror image")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    exact_threshold: int = Field(
+        default=100_000, ge=1, description="use exact search below this many faces, IVF above"
+    )
+    nprobe: int = Field(default=48, ge=1, description="IVF lists visited per query")
+
+    def resolved_data(self) -> Path:
+        return self.data.expanduser().resolve()

@@ -1,0 +1,1 @@
+"""Face models: detection, landmarks, alignment and embedding behind small protocols."""
