@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=60_000_000, gt=0, description="refuse images with more pixels than this")
     max_file_bytes: int = Field(default=200_000_000, gt=0, description="refuse files larger than this")
     detect_max_side: int = Field(
-        default=1600, ge=200, description="downscale images whose longer side exceeds this for detection"
+        default=3000, ge=200, description="downscale images whose longer side exceeds this for detection"
     )
     upsample: int | None = Field(
         default=None, ge=0, le=3, description="detector upsampling; None = adaptive to the image size"

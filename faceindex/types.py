@@ -94,6 +94,7 @@ class Match:
     person_id: int | None
     person_name: str | None
     rank: int
+    expected_false: float  # FMR x gallery size: false candidates expected at this score or higher
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class ProbeResult:
     face: Face
     matches: tuple[Match, ...]
     gallery_size: int
-    expected_false_candidates: float  # FMR at the weakest listed score x gallery size
+    expected_false_candidates: float  # at the "possible candidate" threshold: its FMR x gallery size
 
 
 @dataclass(frozen=True, slots=True)

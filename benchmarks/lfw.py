@@ -1,0 +1,215 @@
+"""LFW accuracy of the faceindex pipeline, and the calibration table (similarity -> FMR) it ships.
+
+Prints: 10-fold verification accuracy on pairs.txt; open-set 1:N identification over all of LFW (first image of
+each person with 2+ images enrolled, single-image people split into enrolled distractors and non-mated probes):
+rank-1 and FNIR at FPIR = 1%; the number of images where no face was found. With --write-calibration it writes
+faceindex/calibration_tables/<model>.json from all same-person and different-person pairs of LFW.
+
+    python benchmarks/lfw.py [--backend onnx|dlib] [--flip/--no-flip] [--workers N] [--write-calibration]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from faceindex.calibration import Calibration
+from faceindex.config import Settings
+from faceindex.models.base import Detection
+from faceindex.pipeline import FacePipeline, normalise
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "lfw"
+# LFW deep-funneled images are 250x250 with the face centred; this box is the fallback when no face is detected
+CENTRE_BOX = Detection(68.0, 68.0, 182.0, 182.0, -1.0)
+
+_pipe: FacePipeline | None = None
+
+
+def _init(settings_json: str) -> None:
+    global _pipe
+    _pipe = FacePipeline(Settings.model_validate_json(settings_json))
+
+
+def _embed(path: str) -> tuple[np.ndarray, bool]:
+    """Embedding of the face nearest the centre; (embedding, detected) with the centre-box fallback."""
+    assert _pipe is not None
+    from faceindex import images
+
+    pixels = images.load(path, max_pixels=10**8, max_bytes=10**9).pixels
+    faces = _pipe.faces(pixels)
+    h, w = pixels.shape[:2]
+    if faces:
+        best = min(faces, key=lambda f: ((f.box.x1 + f.box.x2) / 2 - w / 2) ** 2
+                   + ((f.box.y1 + f.box.y2) / 2 - h / 2) ** 2)
+        return best.embedding, True
+    lm = _pipe.models.landmarker
+    chips = lm.chips(pixels, [lm.shape(pixels, CENTRE_BOX)])
+    return _pipe.embed_chips(chips)[0], False
+
+
+def embed_all(paths: list[str], settings: Settings, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    ctx = mp.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init, initargs=(settings.model_dump_json(),)) as pool:
+        out = []
+        t = time.perf_counter()
+        for i, r in enumerate(pool.imap(_embed, paths, chunksize=16)):
+            out.append(r)
+            if (i + 1) % 1000 == 0:
+                rate = (i + 1) / (time.perf_counter() - t)
+                print(f"  embedded {i + 1}/{len(paths)} ({rate:.1f} images/s)", file=sys.stderr, flush=True)
+    return normalise(np.stack([e for e, _ in out])), np.array([d for _, d in out])
+
+
+def read_pairs(path: Path) -> list[list[tuple[str, int, str, int, bool]]]:
+    lines = path.read_text().split("\n")
+    folds, per = (int(x) for x in lines[0].split())
+    rows = [ln.split() for ln in lines[1:] if ln.strip()]
+    out = []
+    for f in range(folds):
+        chunk = rows[f * 2 * per:(f + 1) * 2 * per]
+        fold = []
+        for r in chunk:
+            if len(r) == 3:
+                fold.append((r[0], int(r[1]), r[0], int(r[2]), True))
+            else:
+                fold.append((r[0], int(r[1]), r[2], int(r[3]), False))
+        out.append(fold)
+    return out
+
+
+def verification_accuracy(folds, sim_of) -> tuple[float, float, float]:
+    """Mean and std of 10-fold accuracy, each fold's threshold chosen on the other nine; and mean threshold."""
+    scores = [np.array([sim_of(a, i, b, j) for a, i, b, j, _ in f]) for f in folds]
+    labels = [np.array([s for *_, s in f]) for f in folds]
+    accs, ths = [], []
+    for k in range(len(folds)):
+        tr_s = np.concatenate([scores[i] for i in range(len(folds)) if i != k])
+        tr_l = np.concatenate([labels[i] for i in range(len(folds)) if i != k])
+        cands = np.unique(tr_s)
+        cands = (cands[:-1] + cands[1:]) / 2
+        acc_tr = [((tr_s >= t) == tr_l).mean() for t in cands]
+        t = cands[int(np.argmax(acc_tr))]
+        ths.append(t)
+        accs.append(((scores[k] >= t) == labels[k]).mean())
+    return float(np.mean(accs)), float(np.std(accs)), float(np.mean(ths))
+
+
+def open_set(names: list[str], emb: np.ndarray, rng: np.random.Generator) -> dict:
+    by_person: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        by_person.setdefault(n, []).append(i)
+    multi = [p for p, ix in by_person.items() if len(ix) >= 2]
+    single = [p for p, ix in by_person.items() if len(ix) == 1]
+    single = list(rng.permutation(single))
+    distract, nonmated = single[: len(single) // 2], single[len(single) // 2:]
+    gallery = [by_person[p][0] for p in multi] + [by_person[p][0] for p in distract]
+    gallery_person = [p for p in multi] + list(distract)
+    mated = [i for p in multi for i in by_person[p][1:]]
+    nonmated_ix = [by_person[p][0] for p in nonmated]
+    g = emb[gallery]
+    sm = emb[mated] @ g.T
+    top = sm.argmax(axis=1)
+    top_s = sm.max(axis=1)
+    correct = np.array([gallery_person[t] == names[i] for t, i in zip(top, mated)])
+    sn = (emb[nonmated_ix] @ g.T).max(axis=1)
+    t1 = float(np.quantile(sn, 0.99))
+    fnir = float(1 - (correct & (top_s > t1)).mean())
+    return {"gallery": len(gallery), "mated_probes": len(mated), "nonmated_probes": len(nonmated_ix),
+            "rank1": float(correct.mean()), "fnir_at_fpir_1pct": fnir, "threshold_at_fpir_1pct": t1}
+
+
+def all_pair_scores(names: list[str], emb: np.ndarray, max_impostor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine scores (all same-person pairs) and impostor scores (all different-person pairs, up to a cap)."""
+    labels = np.unique(np.array(names), return_inverse=True)[1]
+    gen, imp = [], []
+    n = len(emb)
+    step = 1024
+    keep_every = max(1, (n * (n - 1) // 2) // max_impostor)
+    for s in range(0, n, step):
+        block = emb[s:s + step] @ emb.T
+        for r in range(block.shape[0]):
+            i = s + r
+            row = block[r, i + 1:]
+            same = labels[i + 1:] == labels[i]
+            gen.append(row[same])
+            imp.append(row[~same][::keep_every] if keep_every > 1 else row[~same])
+    return np.concatenate(gen), np.concatenate(imp)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="auto", choices=["auto", "onnx", "dlib"])
+    ap.add_argument("--detector", default="hog", choices=["hog", "cnn"])
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N people folders (quick runs)")
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench-out")
+    ap.add_argument("--write-calibration", action="store_true")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"LFW not found at {DATA}")
+
+    people = sorted(p.name for p in (DATA / "images").iterdir() if p.is_dir())
+    if args.limit:
+        people = people[: args.limit]
+    paths, names = [], []
+    for p in people:
+        for f in sorted((DATA / "images" / p).glob("*.jpg")):
+            paths.append(str(f))
+            names.append(p)
+    settings = Settings(backend=args.backend, detector=args.detector, flip=args.flip)
+    args.cache.mkdir(exist_ok=True)
+    tag = f"{args.backend}-{args.detector}-{'flip' if args.flip else 'noflip'}-{len(paths)}"
+    cache = args.cache / f"lfw-{tag}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        emb, detected, secs = z["emb"], z["detected"], float(z["secs"])
+    else:
+        t = time.perf_counter()
+        emb, detected = embed_all(paths, settings, args.workers)
+        secs = time.perf_counter() - t
+        np.savez(cache, emb=emb, detected=detected, secs=secs)
+    index = {(n, int(Path(p).stem.rsplit("_", 1)[1])): i for i, (n, p) in enumerate(zip(names, paths))}
+
+    print(f"# LFW with faceindex ({tag}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"images: {len(paths)}  people: {len(people)}  embedding time: {secs:.0f} s "
+          f"({len(paths) / secs:.1f} images/s, {args.workers} workers)")
+    print(f"images with no face found: {int((~detected).sum())} (centre-box fallback used for those)")
+
+    def sim_of(a: str, i: int, b: str, j: int) -> float:
+        return float(emb[index[(a, i)]] @ emb[index[(b, j)]])
+
+    if not args.limit:
+        folds = read_pairs(DATA / "pairs.txt")
+        acc, std, th = verification_accuracy(folds, sim_of)
+        print(f"verification accuracy (pairs.txt, 10-fold): {acc * 100:.2f}% +- {std * 100:.2f}  "
+              f"(mean threshold: cosine {th:.4f})")
+    res = open_set(names, emb, np.random.default_rng(0))
+    print(f"open-set 1:N: gallery {res['gallery']}, mated probes {res['mated_probes']}, "
+          f"non-mated probes {res['nonmated_probes']}")
+    print(f"  rank-1: {res['rank1'] * 100:.2f}%   FNIR at FPIR=1%: {res['fnir_at_fpir_1pct'] * 100:.2f}% "
+          f"(threshold {res['threshold_at_fpir_1pct']:.4f})")
+    gen, imp = all_pair_scores(names, emb, max_impostor=100_000_000)
+    cal = Calibration.from_scores("dlib_resnet_v1@1/128", gen, imp,
+                                  source=f"LFW deep-funneled, all pairs ({tag})")
+    for f in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
+        t = cal.threshold_for(f)
+        print(f"  FMR {f:.0e}: similarity >= {t:.4f}  FNMR {cal.fnmr_at(t) * 100:.2f}%")
+    print(f"calibration: {len(gen)} genuine pairs, {len(imp)} impostor pairs")
+    if args.write_calibration:
+        out = ROOT / "faceindex" / "calibration_tables" / "dlib_resnet_v1.json"
+        out.write_text(json.dumps(cal.to_json(), indent=0))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

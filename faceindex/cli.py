@@ -1,0 +1,382 @@
+"""`faceindex` command line: a thin shell over FaceIndex (Typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .config import Settings
+from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Index the faces of your own photo collections and search them. Results are candidate "
+                       "leads with calibrated false-match rates, never identifications.")
+people_app = typer.Typer(help="Group faces into people, list them, show or name one.")
+app.add_typer(people_app, name="people")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+LEADS_NOTICE = ("Candidates are leads for a person to review, not identifications. A score's FMR is the share of "
+                "different-person pairs that score as high (measured on LFW).")
+
+
+class State:
+    settings: Settings
+
+
+state = State()
+
+
+@app.callback()
+def _root(
+    data: Annotated[Path, typer.Option("--data", "-d", envvar="FACEINDEX_DATA", help="data folder")] = Path(
+        "./faceindex-data"),
+    detector: Annotated[str | None, typer.Option(help="face detector: hog (fast) or cnn (finds more faces)")] = None,
+    backend: Annotated[str | None, typer.Option(help="embedding runtime: auto, onnx or dlib")] = None,
+) -> None:
+    overrides = {"data": data}
+    if detector is not None:
+        overrides["detector"] = detector
+    if backend is not None:
+        overrides["backend"] = backend
+    try:
+        state.settings = Settings(**overrides)
+    except ValueError as e:
+        raise typer.BadParameter(str(e).splitlines()[-1] if str(e) else "bad setting") from e
+
+
+def _open():
+    from .engine import FaceIndex
+
+    return FaceIndex(state.settings)
+
+
+def _fail(e: FaceIndexError) -> typer.Exit:
+    err.print(f"error: {e}", markup=False, highlight=False)
+    return typer.Exit(e.exit_code)
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --- add ---------------------------------------------------------------------------------------------------------
+@app.command()
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders (recursive)")],
+    source: Annotated[str, typer.Option("--source", "-s", help="name of the registered source")] = "default",
+    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="processes (default: all cores)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a machine-readable summary")] = False,
+) -> None:
+    """Index every face in every image under PATHS; only new or changed files are processed."""
+    try:
+        with _open() as fi, _progress(as_json) as bar:
+            task = bar.add_task("scanning", total=None, faces=0, errors=0)
+            totals = {"faces": 0, "errors": 0}
+
+            def on(event: str, info: dict) -> None:
+                if event == "scan":
+                    bar.update(task, total=info["files"], description="indexing")
+                elif event == "file":
+                    totals["faces"] += info.get("faces", 0)
+                    totals["errors"] += 1 if info.get("error") else 0
+                    bar.update(task, advance=1, **totals)
+
+            report = fi.add(paths, source, workers=workers, progress=on)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        d = report.as_dict()
+        out.print(f"source {report.source!r}: {report.files_seen} files seen, {report.images_indexed} images indexed "
+                  f"({d['images_per_second'] or 0} images/s), {report.unchanged} unchanged, "
+                  f"{report.moved_or_copied} moved or copied, {report.faces_found} faces found, "
+                  f"{report.images_without_faces} images without a face, {len(report.errors)} errors",
+                  markup=False, highlight=False)
+        for e in report.errors:
+            err.print(f"  failed: {e.path}: {e.reason}", markup=False, highlight=False)
+    if report.errors:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:6.1f} img/s")
+
+
+def _progress(disabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("faces {task.fields[faces]}  errors {task.fields[errors]}"), TimeElapsedColumn(),
+        console=err, disable=disabled, transient=False,
+    )
+
+
+# --- search / verify ---------------------------------------------------------------------------------------------
+@app.command()
+def search(
+    probes: Annotated[list[Path], typer.Argument(help="one or more probe images")],
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="candidates per face")] = 10,
+    largest: Annotated[bool, typer.Option(help="search only the largest face of each probe")] = False,
+    include_low_quality: Annotated[bool, typer.Option(help="also return faces below the quality bar")] = False,
+    crops: Annotated[Path | None, typer.Option(help="write probe and candidate face crops to this folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Ranked candidate leads for each face in each probe image."""
+    from .engine import crop_jpeg
+
+    results_json = []
+    failed = 0
+    with _open() as fi:
+        for probe in probes:
+            try:
+                results = fi.search(probe, top, largest=largest, include_low_quality=include_low_quality)
+            except FaceIndexError as e:
+                failed = failed or e.exit_code
+                err.print(f"error: {probe}: {e}", markup=False, highlight=False)
+                results_json.append({"probe": str(probe), "error": str(e), "code": type(e).__name__})
+                continue
+            for n, r in enumerate(results):
+                if crops is not None:
+                    _write_crops(fi, crops, probe, n, r, crop_jpeg)
+                if as_json:
+                    results_json.append(_probe_json(r, n))
+                else:
+                    _print_probe(r, n)
+    if as_json:
+        _emit_json({"notice": LEADS_NOTICE, "results": results_json})
+    else:
+        err.print(LEADS_NOTICE, style="dim")
+    if failed:
+        raise typer.Exit(failed)
+
+
+def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
+    from . import images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{probe.stem}_face{n}"
+    pixels = images.load(probe, max_pixels=fi.settings.max_pixels, max_bytes=fi.settings.max_file_bytes).pixels
+    (folder / f"{stem}_probe.jpg").write_bytes(crop_jpeg(pixels, r.face.box))
+    for m in r.matches:
+        try:
+            (folder / f"{stem}_rank{m.rank:02d}_face{m.face_id}.jpg").write_bytes(fi.face_crop(m.face_id))
+        except FaceIndexError as e:
+            err.print(f"  no crop for face {m.face_id}: {e}", markup=False, highlight=False)
+
+
+def _fmr_text(fmr: float) -> str:
+    return f"1 in {1 / fmr:,.0f}" if fmr > 0 else "0"
+
+
+def _probe_json(r, n: int) -> dict:
+    return {
+        "probe": r.probe, "face": n, "box": r.face.box.as_list(), "quality": r.face.quality.as_dict(),
+        "gallery_size": r.gallery_size, "expected_false_candidates": r.expected_false_candidates,
+        "candidates": [{
+            "rank": m.rank, "face_id": m.face_id, "similarity": round(m.similarity, 5), "fmr": m.fmr,
+            "expected_false": m.expected_false, "label": m.label, "path": m.path, "source": m.source,
+            "box": m.box.as_list(), "image_id": m.image_id, "person_id": m.person_id, "person_name": m.person_name,
+        } for m in r.matches],
+    }
+
+
+def _print_probe(r, n: int) -> None:
+    q = r.face.quality
+    out.print(f"\n{r.probe} face {n} at {r.face.box.as_list()} (quality {q.score:.2f}): gallery {r.gallery_size} "
+              f"faces; about {r.expected_false_candidates:.2f} false candidates expected per search at the "
+              f"'possible candidate' bar", markup=False, highlight=False)
+    if not r.matches:
+        out.print("  no faces in the gallery")
+    for m in r.matches:
+        who = m.person_name or (f"person {m.person_id}" if m.person_id else "no person")
+        out.print(f"  {m.rank:>2}. {m.similarity:.4f}  FMR {_fmr_text(m.fmr):<14} expected false {m.expected_false:<8.3g}"
+                  f" {m.label:<18}  {who}  [{m.source}] {m.path}  box {m.box.as_list()}", markup=False,
+                  highlight=False)
+
+
+@app.command()
+def verify(
+    a: Annotated[Path | None, typer.Argument(help="first image")] = None,
+    b: Annotated[Path | None, typer.Argument(help="second image")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="file with two image paths per line (tab or space)")] = None,
+    face_a: Annotated[int | None, typer.Option(min=0, help="face number in A (default: largest)")] = None,
+    face_b: Annotated[int | None, typer.Option(min=0, help="face number in B (default: largest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Compare the largest face of two images (or many pairs with --pairs), with score and false-match rate."""
+    if pairs is None and (a is None or b is None):
+        raise typer.BadParameter("give two images, or --pairs FILE")
+    if pairs is not None and (a is not None or b is not None):
+        raise typer.BadParameter("give either two images or --pairs, not both")
+    todo: list[tuple[str, str]] = []
+    if pairs is not None:
+        try:
+            lines = pairs.read_text().splitlines()
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read {pairs}: {e.strerror}") from e
+        for i, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.split("\t") if "\t" in line else line.split()
+            if len(parts) != 2:
+                raise typer.BadParameter(f"{pairs}:{i}: expected two paths, got {len(parts)}")
+            todo.append((parts[0].strip(), parts[1].strip()))
+    else:
+        todo.append((str(a), str(b)))
+    rows, failed = [], 0
+    with _open() as fi:
+        for pa, pb in todo:
+            try:
+                v = fi.verify(pa, pb, face_a=face_a, face_b=face_b)
+                rows.append({"a": pa, "b": pb, "similarity": round(v.similarity, 5), "fmr": v.fmr,
+                             "decision": v.label, "same_person_candidate": v.same})
+            except FaceIndexError as e:
+                failed = failed or e.exit_code
+                rows.append({"a": pa, "b": pb, "error": str(e), "code": type(e).__name__})
+    if as_json:
+        _emit_json(rows if pairs is not None else rows[0])
+    else:
+        for r in rows:
+            if "error" in r:
+                err.print(f"error: {r['a']} / {r['b']}: {r['error']}", markup=False, highlight=False)
+            else:
+                out.print(f"{r['a']}  {r['b']}  similarity {r['similarity']:.4f}  FMR {_fmr_text(r['fmr'])}  "
+                          f"-> {r['decision']}", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(failed)
+
+
+# --- people ------------------------------------------------------------------------------------------------------
+@people_app.callback(invoke_without_command=True)
+def people(
+    ctx: typer.Context,
+    recluster: Annotated[bool, typer.Option(help="re-cluster even if nothing changed since the last run")] = False,
+    min_faces: Annotated[int, typer.Option(min=1, help="list only people with at least this many faces")] = 2,
+    limit: Annotated[int, typer.Option(min=1, help="list at most this many people")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Group all indexed faces into people (when the index changed) and list them by size."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _open() as fi:
+        if recluster or fi.catalog.get_meta("people_generation") != str(fi.catalog.generation):
+            fi.cluster()
+            with fi.catalog.transaction():
+                fi.catalog.set_meta("people_generation", str(fi.catalog.generation))
+        found = fi.people(min_faces=min_faces)[:limit]
+    if as_json:
+        _emit_json([{"id": p.id, "name": p.name, "faces": p.face_count, "images": p.image_count} for p in found])
+        return
+    t = Table(show_edge=False)
+    for c in ("person", "name", "faces", "images"):
+        t.add_column(c)
+    for p in found:
+        t.add_row(str(p.id), p.name or "-", str(p.face_count), str(p.image_count))
+    out.print(t)
+
+
+@people_app.command("show")
+def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A person's faces and the images they are in."""
+    try:
+        with _open() as fi:
+            p, faces = fi.person(person_id)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json({"id": p.id, "name": p.name, "faces": [
+            {"face_id": f.id, "path": f.path, "source": f.source, "box": f.box.as_list(),
+             "quality": round(f.quality, 3)} for f in faces]})
+        return
+    out.print(f"person {p.id} ({p.name or 'unnamed'}): {p.face_count} faces in {p.image_count} images",
+              markup=False, highlight=False)
+    for f in faces:
+        out.print(f"  face {f.id}  {f.path}  box {f.box.as_list()}  quality {f.quality:.2f}", markup=False,
+                  highlight=False)
+
+
+@people_app.command("name")
+def people_name(person_id: int, name: str) -> None:
+    """Give a person a name (kept when people are re-clustered)."""
+    try:
+        with _open() as fi:
+            fi.name_person(person_id, name)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    out.print(f"person {person_id} is now named {name!r}", markup=False, highlight=False)
+
+
+# --- remove / stats ----------------------------------------------------------------------------------------------
+@app.command()
+def remove(
+    path: Annotated[Path, typer.Argument(help="file or folder to forget")],
+    source: Annotated[str | None, typer.Option("--source", "-s", help="only in this source")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Forget images: their files, faces, embeddings and index entries."""
+    try:
+        with _open() as fi:
+            res = fi.remove(path, source)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json(res)
+    else:
+        out.print(f"removed {res['files']} files, {res['images']} images, {res['faces']} faces", markup=False)
+
+
+@app.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Images, faces, people, sources, model, index kind and disk size."""
+    try:
+        with _open() as fi:
+            s = fi.stats()
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json(s)
+        return
+    t = Table(show_header=False, show_edge=False)
+    for k, v in s.items():
+        if k == "sources_list":
+            v = ", ".join(f"{x['name']} ({x['files']} files)" for x in v) or "-"
+        elif k == "disk_bytes":
+            k, v = "disk", f"{v / 1e6:.1f} MB"
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+def main() -> None:
+    """Entry point: map faceindex errors to one-line messages and exit codes, never tracebacks."""
+    try:
+        app()
+    except NoFaceError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(e.exit_code)
+    except FaceIndexError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; everything indexed so far is kept")
+        sys.exit(130)

@@ -1,0 +1,183 @@
+"""Image -> faces: detect, landmark, align, embed, assess; and a process pool for batches of files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from . import images, quality
+from .config import Settings
+from .errors import FaceIndexError
+from .models.base import Detection
+from .models.dlib import DlibModels
+from .types import Box, Face
+
+SMALL_IMAGE_SIDE = 1200  # images up to this size are upsampled once so that ~40 px faces are found
+FALLBACK_PIXELS = 6_000_000  # upsampling as a fallback only below this many pixels
+
+
+def normalise(v: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (float32)."""
+    v = np.asarray(v, dtype=np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(n, 1e-12)
+
+
+class FacePipeline:
+    """Detect and embed every face of an image with one process's models."""
+
+    def __init__(self, settings: Settings, models: DlibModels | None = None) -> None:
+        self.settings = settings
+        self.models = models or DlibModels(settings.detector, settings.backend)
+
+    @property
+    def spec(self):
+        return self.models.spec
+
+    def detect(self, pixels: np.ndarray) -> list[Detection]:
+        """Face boxes in the pixels of `pixels`, largest first; big images are downscaled for detection."""
+        h, w = pixels.shape[:2]
+        scale = 1.0
+        det_img = pixels
+        if max(h, w) > self.settings.detect_max_side:
+            scale = self.settings.detect_max_side / max(h, w)
+            det_img = np.asarray(
+                Image.fromarray(pixels).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                               Image.Resampling.BILINEAR)
+            )
+        detector = self.models.detector
+        if self.settings.upsample is not None:
+            tries = [self.settings.upsample]
+        else:
+            dh, dw = det_img.shape[:2]
+            first = 1 if max(dh, dw) <= SMALL_IMAGE_SIDE else 0
+            tries = [first]
+            if first == 1:
+                tries.append(0)  # HOG's score at one scale can miss a face the other finds
+            if first < 2 and dh * dw * 4 ** (first + 1) <= FALLBACK_PIXELS:
+                tries.append(first + 1)
+        dets: list[Detection] = []
+        for up in tries:
+            dets = detector.detect(det_img, up)
+            if dets:
+                break
+        out = []
+        for d in dets:
+            left, top = max(0.0, d.left / scale), max(0.0, d.top / scale)
+            right, bottom = min(float(w), d.right / scale), min(float(h), d.bottom / scale)
+            if min(right - left, bottom - top) < self.settings.min_face:
+                continue
+            out.append(Detection(left, top, right, bottom, d.score))
+        out.sort(key=lambda d: (d.right - d.left) * (d.bottom - d.top), reverse=True)
+        return out
+
+    def faces(self, pixels: np.ndarray) -> list[Face]:
+        """Every face in an RGB uint8 image, largest first, with quality and L2-normalised embedding."""
+        dets = self.detect(pixels)
+        if not dets:
+            return []
+        lm = self.models.landmarker
+        shapes = [lm.shape(pixels, d) for d in dets]
+        chips = lm.chips(pixels, shapes)
+        emb = self.embed_chips(chips)
+        faces = []
+        for i, (d, s, chip) in enumerate(zip(dets, shapes, chips)):
+            pts = lm.points(s)
+            box = Box(int(round(d.left)), int(round(d.top)), int(round(d.right)), int(round(d.bottom)))
+            q = quality.assess(min(box.width, box.height), chip, d.score, pts, self.settings.detector)
+            faces.append(Face(box=box, landmarks=tuple((float(x), float(y)) for x, y in pts), quality=q,
+                              embedding=emb[i], index=i))
+        return faces
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings of aligned chips; with `flip`, the mean of each chip's and its mirror's descriptor."""
+        if len(chips) == 0:
+            return np.zeros((0, self.spec.dim), np.float32)
+        emb = self.models.embedder
+        if self.settings.flip:
+            both = emb.embed(np.concatenate([chips, chips[:, :, ::-1]]))
+            raw = both[: len(chips)] + both[len(chips):]
+        else:
+            raw = emb.embed(chips)
+        return normalise(raw)
+
+    def process_file(self, path: str) -> ImageResult:
+        """Read, decode and analyse one file; ImageError (or another FaceIndexError) says why it failed."""
+        data = images.read_bytes(path, self.settings.max_file_bytes)
+        return self.process_bytes(data, path)
+
+    def process_bytes(self, data: bytes, path: str = "<bytes>") -> ImageResult:
+        sha = images.sha256_bytes(data)
+        pixels = images.decode(data, self.settings.max_pixels)
+        h, w = pixels.shape[:2]
+        return ImageResult(path=path, sha256=sha, size=len(data), width=w, height=h, faces=self.faces(pixels))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """What the pipeline found in one image file."""
+
+    path: str
+    sha256: str
+    size: int
+    width: int
+    height: int
+    faces: list[Face]
+
+
+@dataclass(frozen=True, slots=True)
+class FileFailure:
+    path: str
+    reason: str
+
+
+# --- process pool -------------------------------------------------------------------------------------------
+# Each worker process builds its own pipeline once, in the pool initializer; this global is the worker's
+# process-local state, never touched in the parent.
+_worker_pipeline: FacePipeline | None = None
+
+
+def _init_worker(settings_json: str) -> None:
+    global _worker_pipeline
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _worker_pipeline = FacePipeline(Settings.model_validate_json(settings_json))
+
+
+def _work(path: str) -> ImageResult | FileFailure:
+    assert _worker_pipeline is not None
+    return _analyse(_worker_pipeline, path)
+
+
+def _analyse(pipe: FacePipeline, path: str) -> ImageResult | FileFailure:
+    try:
+        return pipe.process_file(path)
+    except FaceIndexError as e:
+        return FileFailure(path, str(e))
+    except MemoryError:
+        return FileFailure(path, "out of memory while decoding")
+    except Exception as e:  # one bad file never stops a batch
+        return FileFailure(path, f"unexpected error: {type(e).__name__}: {e}")
+
+
+def analyse_files(paths: Iterable[str], settings: Settings, workers: int,
+                  pipeline: FacePipeline | None = None) -> Iterator[ImageResult | FileFailure]:
+    """Analyse files with `workers` processes (in-process when 1), yielding results in input order."""
+    paths = list(paths)
+    if workers <= 1 or len(paths) <= 1:
+        pipe = pipeline or FacePipeline(settings)
+        for p in paths:
+            yield _analyse(pipe, p)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(settings.model_dump_json(),)) as pool:
+        # chunks amortise IPC; small enough that progress stays smooth
+        chunk = max(1, min(8, len(paths) // (workers * 8) or 1))
+        yield from pool.map(_work, paths, chunksize=chunk)

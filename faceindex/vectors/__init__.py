@@ -1,0 +1,1 @@
+"""Derived approximate-nearest-neighbour indexes over face embeddings (ids are catalog face ids)."""

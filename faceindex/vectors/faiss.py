@@ -1,0 +1,104 @@
+"""FAISS indexes: exact inner-product search for small galleries, IVF-Flat above a size threshold.
+
+IVF rather than HNSW because faces are deleted (erasure, opt-out, remove) and FAISS's IVF supports removal by
+id while its HNSW does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import CatalogError
+
+
+def _as_ids(ids) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+
+
+def _as_vecs(vecs, dim: int) -> np.ndarray:
+    v = np.ascontiguousarray(np.asarray(vecs, dtype=np.float32))
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {v.shape}")
+    return v
+
+
+class FaissIndex:
+    """A FAISS index with catalog face ids; `kind` is "exact" or "ivf"."""
+
+    def __init__(self, index: faiss.Index, dim: int, nprobe: int = 48) -> None:
+        self.index = index
+        self.dim = dim
+        self.nprobe = nprobe
+        self.kind = "ivf" if isinstance(index, faiss.IndexIVF) else "exact"
+
+    @classmethod
+    def exact(cls, dim: int) -> FaissIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), dim)
+
+    @classmethod
+    def ivf(cls, dim: int, train: np.ndarray, nprobe: int = 48) -> FaissIndex:
+        """An IVF-Flat index trained on `train` (a sample of the vectors it will hold)."""
+        n = len(train)
+        nlist = int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
+        nlist = min(nlist, max(1, n // 39))  # k-means wants >= 39 points per centroid
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 5
+        index.train(_as_vecs(train, dim))
+        return cls(index, dim, nprobe)
+
+    @classmethod
+    def load(cls, path: Path, nprobe: int = 48) -> FaissIndex:
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise CatalogError(f"cannot read vector index {path}: {e}") from e
+        return cls(index, index.d, nprobe)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids, vecs) -> None:
+        ids = _as_ids(ids)
+        if len(ids):
+            self.index.add_with_ids(_as_vecs(vecs, self.dim), ids)
+
+    def remove(self, ids) -> int:
+        ids = _as_ids(ids)
+        if not len(ids):
+            return 0
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def search(self, vecs, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        v = _as_vecs(vecs, self.dim)
+        k = max(1, min(int(k), max(1, self.count)))
+        sel = None
+        if exclude is not None and len(exclude):
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(_as_ids(exclude)))
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        sims, ids = self.index.search(v, k, params=params)
+        return sims, ids
+
+    def ids(self) -> np.ndarray:
+        if self.kind == "exact":
+            return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        ivf = faiss.extract_index_ivf(self.index)
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(ivf.nlist) if lists.list_size(i)]
+        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a crash leaves the previous file or the new one, never half of one."""
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, path)
