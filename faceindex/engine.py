@@ -171,9 +171,12 @@ class FaceIndex:
         return images.load(image, max_pixels=self.settings.max_pixels,
                            max_bytes=self.settings.max_file_bytes).pixels
 
-    def faces(self, image: ImageInput) -> list[Face]:
-        """Detect and embed every face of an image without indexing it (largest first)."""
-        return self.pipeline.faces(self._pixels(image))
+    def faces(self, image: ImageInput, fallback: bool = True) -> list[Face]:
+        """Detect and embed every face of an image without indexing it (largest first).
+
+        With `fallback` (the default for probes) the CNN detector looks again when HOG finds no face.
+        """
+        return self.pipeline.faces(self._pixels(image), fallback)
 
     def _probe_faces(self, image: ImageInput, largest: bool, face: int | None = None) -> list[Face]:
         found = self.faces(image)

@@ -39,8 +39,12 @@ class FacePipeline:
     def spec(self):
         return self.models.spec
 
-    def detect(self, pixels: np.ndarray) -> list[Detection]:
-        """Face boxes in the pixels of `pixels`, largest first; big images are downscaled for detection."""
+    def detect(self, pixels: np.ndarray, fallback: bool = False) -> list[Detection]:
+        """Face boxes in the pixels of `pixels`, largest first; big images are downscaled for detection.
+
+        With `fallback`, an image where the HOG detector finds nothing is searched again with the CNN detector
+        (slower, but finds rotated, profile and low-contrast faces): used for probes, where one face matters.
+        """
         h, w = pixels.shape[:2]
         scale = 1.0
         det_img = pixels
@@ -66,6 +70,8 @@ class FacePipeline:
             dets = detector.detect(det_img, up)
             if dets:
                 break
+        if not dets and fallback and self.settings.detector == "hog":
+            dets = self.models.cnn_detector.detect(det_img, tries[0])
         out = []
         for d in dets:
             left, top = max(0.0, d.left / scale), max(0.0, d.top / scale)
@@ -76,9 +82,9 @@ class FacePipeline:
         out.sort(key=lambda d: (d.right - d.left) * (d.bottom - d.top), reverse=True)
         return out
 
-    def faces(self, pixels: np.ndarray) -> list[Face]:
+    def faces(self, pixels: np.ndarray, fallback: bool = False) -> list[Face]:
         """Every face in an RGB uint8 image, largest first, with quality and L2-normalised embedding."""
-        dets = self.detect(pixels)
+        dets = self.detect(pixels, fallback)
         if not dets:
             return []
         lm = self.models.landmarker

@@ -124,6 +124,7 @@ class DlibModels:
         self.threads = threads
         self._lock = threading.Lock()
         self._detector = None
+        self._cnn = None
         self._landmarker: DlibLandmarker | None = None
         self._embedder = None
         self.spec = RESNET_SPEC
@@ -134,6 +135,16 @@ class DlibModels:
             if self._detector is None:
                 self._detector = self._make_detector()
             return self._detector
+
+    @property
+    def cnn_detector(self):
+        """The CNN detector, also used as a fallback when HOG finds no face in a probe."""
+        if self.detector_name == "cnn":
+            return self.detector
+        with self._lock:
+            if self._cnn is None:
+                self._cnn = self._make_cnn()
+            return self._cnn
 
     @property
     def landmarker(self) -> DlibLandmarker:
@@ -157,8 +168,9 @@ class DlibModels:
         return dlib_onnx
 
     def _make_detector(self):
-        if self.detector_name == "hog":
-            return HogDetector()
+        return HogDetector() if self.detector_name == "hog" else self._make_cnn()
+
+    def _make_cnn(self):
         onnx_mod = self._onnx_module() if self.backend_name != "dlib" else None
         if onnx_mod is not None and hasattr(onnx_mod, "OnnxCnnDetector"):
             try:

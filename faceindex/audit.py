@@ -1,0 +1,655 @@
+"""Tamper-evident, append-only audit log: one hash-chained SQLite file in the data folder.
+
+Every search, verify, access, erase, opt-out change, export, deletion and policy change appends one
+record: when (UTC, microseconds), who (actor, role), what (action), why (purpose, case reference) and a
+JSON dict of details (probe sha256, threshold, top-k, gallery size and generation, result ids with
+scores). Image bytes never go in; record their sha256 instead.
+
+What protects the log, and against whom
+---------------------------------------
+* Triggers refuse UPDATE and DELETE of audit rows through SQL, so no bug, script or operator with an SQL
+  shell changes history by accident. They are re-armed every time the log is opened.
+* Each record's ``hash`` is sha256 over the canonical JSON of its content and of the previous record's
+  hash (``prev_hash``; 64 zeros for record 1). Anyone holding the file can drop the triggers, but then
+  editing, deleting, inserting or reordering records breaks the chain, and :meth:`AuditLog.verify` names
+  the first bad record and the kind of problem.
+* A one-row ``audit_head`` table holds the last seq and hash, written in the same transaction as each
+  record, so cutting records off the end (which leaves a valid, shorter chain) is detected too.
+* An attacker who rewrites *everything* consistently (every hash from the first changed record on, and
+  the head) leaves a valid chain behind. Only a copy of the head kept outside this file catches that:
+  publish :meth:`AuditLog.head` where the attacker cannot reach it (a signed report, a ticket, another
+  system, write-once storage) and check with ``verify(expected_head=...)``. An anchor stays valid as the
+  log grows: it asserts that record ``seq`` still has that hash.
+
+The hashes are deliberately unkeyed, so anyone can verify a copy of the log without holding a secret.
+The log proves that what was written has not changed since; that every operation writes its record is
+the engine's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from .errors import CatalogError
+
+SCHEMA_VERSION: Final = 1
+ZERO_HASH: Final = "0" * 64
+# An audit record is metadata; a body this large is almost certainly image data smuggled in by mistake.
+MAX_DETAILS_BYTES: Final = 1 << 20
+
+# The actions faceindex writes (others are accepted, so plug-ins can audit their own operations).
+ACTIONS: Final = (
+    "search",
+    "verify",
+    "access",
+    "erase",
+    "optout.add",
+    "optout.remove",
+    "export",
+    "delete",
+    "policy.change",
+    "retention.apply",
+)
+
+# Kinds of problem AuditVerification.kind can name.
+EDITED: Final = "edited content"
+BAD_LINK: Final = "bad link"
+GAP: Final = "sequence gap"
+TRUNCATED: Final = "truncated tail"
+HEAD_MISMATCH: Final = "head mismatch"
+
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        purpose TEXT,
+        case_ref TEXT,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_case_ref ON audit(case_ref)",
+    "CREATE INDEX IF NOT EXISTS audit_actor ON audit(actor)",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit(time)",
+)
+
+# Dropped and recreated on every open, so a removed or replaced trigger is restored (the chain still
+# records that the log was tampered with in between).
+_TRIGGERS = {
+    "audit_no_update": """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be updated'); END""",
+    "audit_no_delete": """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be deleted'); END""",
+    "audit_head_no_delete": """CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head cannot be deleted'); END""",
+    # The head only ever moves one record forward, onto the record just appended.
+    "audit_head_forward_only": """CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+        WHEN NEW.id IS NOT OLD.id OR NEW.seq IS NOT OLD.seq + 1
+             OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq)
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head only follows appends'); END""",
+}
+
+_COLUMNS = "seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash"
+
+
+def canonical_json(value: Any) -> str:
+    """The one encoding that is hashed: sorted keys, no spaces, UTF-8 text; refuses bytes and NaN."""
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_refuse,
+    )
+
+
+def _refuse(value: object) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError("audit details never hold bytes: keep image data out of the log, record its sha256")
+    raise TypeError(f"audit details must be JSON-serialisable, not {type(value).__name__}")
+
+
+def record_hash(
+    *,
+    seq: int,
+    time: str,
+    actor: str,
+    role: str,
+    action: str,
+    purpose: str | None,
+    case_ref: str | None,
+    details: Mapping[str, Any],
+    prev_hash: str,
+) -> str:
+    """sha256 (hex) of a record's canonical content, chained to the previous record's hash."""
+    content = {
+        "seq": seq,
+        "time": time,
+        "actor": actor,
+        "role": role,
+        "action": action,
+        "purpose": purpose,
+        "case_ref": case_ref,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _iso(moment: datetime) -> str:
+    # Stored times all have this exact shape, so string order is time order.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _span(first: int, last: int, verb: str = "") -> str:
+    """'record 5' / 'records 5 to 7', followed by `verb` ("was" or "is") agreeing in number."""
+    text = f"record {first}" if first == last else f"records {first} to {last}"
+    if verb:
+        text += " " + (verb if first == last else {"was": "were", "is": "are"}[verb])
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit record as stored: its content, its place in the chain and its hash."""
+
+    seq: int
+    time: str  # UTC ISO-8601 with microseconds
+    actor: str
+    role: str
+    action: str
+    purpose: str | None
+    case_ref: str | None
+    details: dict[str, Any] = field(hash=False)
+    prev_hash: str
+    hash: str
+
+    @property
+    def timestamp(self) -> datetime:
+        """`time` as an aware UTC datetime."""
+        return datetime.fromisoformat(self.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for exports and API responses)."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "role": self.role,
+            "action": self.action,
+            "purpose": self.purpose,
+            "case_ref": self.case_ref,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    """Outcome of AuditLog.verify.
+
+    `first_bad_seq` is the first record that cannot be trusted (for a deletion: the first missing one),
+    None when the log is intact or the problem belongs to no record; `problem` is one sentence naming it
+    and the kind of problem; `kind` is that kind alone (EDITED, BAD_LINK, GAP, TRUNCATED, HEAD_MISMATCH).
+    """
+
+    ok: bool
+    records_checked: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    seq: int
+    time: str
+    actor: str
+    role: str
+    action: str
+    purpose: str | None
+    case_ref: str | None
+    body: str
+    prev_hash: str
+    hash: str
+
+    def content_ok(self) -> bool:
+        """Whether the stored hash is the hash of the stored content (and prev_hash)."""
+        try:
+            details = json.loads(self.body)
+            return isinstance(details, dict) and self.hash == record_hash(
+                seq=self.seq,
+                time=self.time,
+                actor=self.actor,
+                role=self.role,
+                action=self.action,
+                purpose=self.purpose,
+                case_ref=self.case_ref,
+                details=details,
+                prev_hash=self.prev_hash,
+            )
+        except (TypeError, ValueError):
+            return False
+
+
+class AuditLog:
+    """The audit log of one data folder: append records, query them, verify the chain.
+
+    Safe to share between threads; several processes may append to the same file at once (each append
+    takes SQLite's write lock, so the chain never forks). Use as a context manager or call close().
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the audit log at `path`; CatalogError if it is unreadable or corrupt."""
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise CatalogError(f"cannot open audit log {self.path}: {e}") from e
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # An audit record that a power cut can take back is worth little: fsync every commit.
+            db.execute("PRAGMA synchronous=FULL")
+            self._db = db
+            self._setup()
+        except (sqlite3.Error, CatalogError) as e:
+            db.close()
+            self._db = None
+            if isinstance(e, CatalogError):
+                raise
+            raise CatalogError(f"cannot open audit log {self.path}: {e}") from e
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise CatalogError(f"audit log {self.path} is closed")
+        return self._db
+
+    @contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise CatalogError(f"audit log {self.path}: cannot {doing}: {e}") from e
+
+    @contextmanager
+    def _transaction(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
+        # DEFERRED for reads (one consistent snapshot under WAL), IMMEDIATE for writes (take the write lock
+        # before reading the head, so two appenders can never chain onto the same record).
+        db = self._conn()
+        db.execute(f"BEGIN {mode}")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _setup(self) -> None:
+        with self._transaction("IMMEDIATE") as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"audit log {self.path} has schema version {version}; "
+                    f"this faceindex knows version {SCHEMA_VERSION}"
+                )
+            if version == 0:
+                for statement in _TABLES:
+                    db.execute(statement)
+                # Only when the log is created: a head that disappears later must stay missing.
+                db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for name, statement in _TRIGGERS.items():
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+                db.execute(statement)
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> AuditRecord:
+        seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash_ = row
+        try:
+            details = json.loads(body)
+        except (TypeError, ValueError) as e:
+            raise CatalogError(f"audit record {seq} is unreadable (run `verify`): {e}") from e
+        return AuditRecord(seq, time, actor, role, action, purpose, case_ref, details, prev_hash, hash_)
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        role: str,
+        purpose: str | None = None,
+        case_ref: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Append one record and return it as stored.
+
+        `details` must be a JSON-serialisable dict (no bytes, no NaN); it is stored and hashed in canonical
+        form, so tuples come back as lists. ValueError/TypeError for bad arguments, CatalogError when the
+        file cannot be written (locked for over a minute, say, or its head record is gone).
+        """
+        for name, value in (("action", action), ("actor", actor), ("role", role)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"audit {name} must be a non-empty string, not {value!r}")
+        for name, value in (("purpose", purpose), ("case_ref", case_ref)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"audit {name} must be a string or None, not {type(value).__name__}")
+        if details is None:
+            details = {}
+        if not isinstance(details, Mapping):
+            raise TypeError(f"audit details must be a dict, not {type(details).__name__}")
+        body = canonical_json(dict(details))
+        if len(body.encode("utf-8")) > MAX_DETAILS_BYTES:
+            raise ValueError(f"audit details are over {MAX_DETAILS_BYTES} bytes: records are metadata")
+        canonical = json.loads(body)
+
+        with self._lock, self._guard("append"), self._transaction("IMMEDIATE") as db:
+            head = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            if head is None:
+                raise CatalogError(f"audit log {self.path} has lost its head record; run `verify`")
+            seq, prev_hash = head[0] + 1, head[1]
+            time = _now()
+            hash_ = record_hash(
+                seq=seq,
+                time=time,
+                actor=actor,
+                role=role,
+                action=action,
+                purpose=purpose,
+                case_ref=case_ref,
+                details=canonical,
+                prev_hash=prev_hash,
+            )
+            db.execute(
+                f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash_),
+            )
+            db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, hash_))
+        return AuditRecord(seq, time, actor, role, action, purpose, case_ref, canonical, prev_hash, hash_)
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record, (0, 64 zeros) when empty: copy it elsewhere to anchor the log."""
+        with self._lock, self._guard("read the head"), self._transaction() as db:
+            row = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        if row is None:
+            raise CatalogError(f"audit log {self.path} has lost its head record; run `verify`")
+        return int(row[0]), str(row[1])
+
+    def count(self) -> int:
+        """Number of records stored."""
+        with self._lock, self._guard("count records"):
+            return int(self._conn().execute("SELECT count(*) FROM audit").fetchone()[0])
+
+    def query(
+        self,
+        *,
+        case_ref: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditRecord]:
+        """Records matching every filter given, in log order (newest first if asked).
+
+        Filters are exact matches; the time window is `since` <= time < `until` (naive datetimes are taken
+        as UTC); `limit` caps how many records come back. Query does not verify: call verify() for that.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("case_ref", case_ref), ("actor", actor), ("action", action)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(_iso(since))
+        if until is not None:
+            clauses.append("time < ?")
+            params.append(_iso(until))
+        sql = f"SELECT {_COLUMNS} FROM audit"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, not {limit}")
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock, self._guard("query records"):
+            rows = self._conn().execute(sql, params).fetchall()
+        return [self._record(row) for row in rows]
+
+    # --- verifying ---------------------------------------------------------------------------------------
+
+    def verify(self, expected_head: tuple[int, str] | None = None) -> AuditVerification:
+        """Check every record's hash and link, the head, and (if given) an anchored head (seq, hash).
+
+        Reads one consistent snapshot, so it can run while others append. Returns on the first problem,
+        naming the first record that cannot be trusted; see the module docstring for what each check can
+        and cannot catch.
+        """
+        anchor = _check_anchor(expected_head) if expected_head is not None else None
+        with self._lock, self._guard("verify"), self._transaction() as db:
+            return self._verify(db, anchor)
+
+    def _verify(self, db: sqlite3.Connection, anchor: tuple[int, str] | None) -> AuditVerification:
+        head = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        rows = db.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq")
+        try:
+            return self._walk(db, rows, head, anchor)
+        finally:
+            rows.close()
+
+    def _walk(
+        self,
+        db: sqlite3.Connection,
+        rows: sqlite3.Cursor,
+        head: tuple[Any, ...] | None,
+        anchor: tuple[int, str] | None,
+    ) -> AuditVerification:
+        checked = 0
+        prev: _Row | None = None
+        anchored_hash = ZERO_HASH if anchor is not None and anchor[0] == 0 else None
+
+        def bad(kind: str, first_bad: int | None, problem: str) -> AuditVerification:
+            return AuditVerification(False, checked, first_bad, problem, kind)
+
+        for values in rows:
+            row = _Row(*values)
+            expected_seq = prev.seq + 1 if prev else 1
+            if row.seq != expected_seq:
+                if row.seq < expected_seq:
+                    return bad(
+                        GAP, row.seq, f"Sequence gap at record {row.seq}: sequence numbers start at 1."
+                    )
+                missing = _span(expected_seq, row.seq - 1, "is")
+                after = (
+                    f"record {row.seq} follows record {prev.seq}" if prev else f"the log starts at {row.seq}"
+                )
+                return bad(
+                    GAP,
+                    expected_seq,
+                    f"Sequence gap at record {expected_seq}: {missing} missing (deleted); {after}.",
+                )
+            content_ok = row.content_ok()
+            if row.prev_hash != (prev.hash if prev else ZERO_HASH):
+                first_bad, problem = self._diagnose_link(db, row, prev, content_ok)
+                return bad(BAD_LINK, first_bad, problem)
+            if not content_ok:
+                return bad(
+                    EDITED,
+                    row.seq,
+                    f"Edited content at record {row.seq}: its fields no longer match "
+                    "its hash, so it was changed after it was written.",
+                )
+            checked += 1
+            if anchor is not None and row.seq == anchor[0]:
+                anchored_hash = row.hash
+            prev = row
+
+        last_seq, last_hash = (prev.seq, prev.hash) if prev else (0, ZERO_HASH)
+        if head is None:
+            return bad(
+                HEAD_MISMATCH,
+                None,
+                "Head mismatch: the head record is missing, so records cut off the "
+                "end of the log cannot be ruled out.",
+            )
+        head_seq, head_hash = head
+        if head_seq > last_seq:
+            return bad(
+                TRUNCATED,
+                last_seq + 1,
+                f"Truncated tail at record {last_seq + 1}: the head says the log "
+                f"ends at record {head_seq} but it ends at record {last_seq}; "
+                f"{_span(last_seq + 1, head_seq, 'was')} removed.",
+            )
+        if head_seq < last_seq:
+            return bad(
+                HEAD_MISMATCH,
+                head_seq + 1,
+                f"Head mismatch at record {head_seq + 1}: the head says the "
+                f"log ends at record {head_seq}, so {_span(head_seq + 1, last_seq, 'was')} added behind "
+                "its back.",
+            )
+        if head_hash != last_hash:
+            return bad(
+                HEAD_MISMATCH,
+                last_seq,
+                f"Head mismatch at record {last_seq}: its hash differs from the "
+                "head's, so it was rewritten after it was written.",
+            )
+        if anchor is not None:
+            anchor_seq, anchor_hash = anchor
+            if anchor_seq > last_seq:
+                return bad(
+                    TRUNCATED,
+                    last_seq + 1,
+                    f"Truncated tail at record {last_seq + 1}: the anchored head "
+                    f"is record {anchor_seq} but the log ends at record {last_seq}; "
+                    f"{_span(last_seq + 1, anchor_seq, 'was')} removed and the head rewritten.",
+                )
+            if anchored_hash != anchor_hash:
+                return bad(
+                    HEAD_MISMATCH,
+                    anchor_seq,
+                    f"Head mismatch at record {anchor_seq}: its hash differs "
+                    f"from the anchored head, so the log was rewritten at or before record {anchor_seq} "
+                    "and every later hash recomputed.",
+                )
+        return AuditVerification(True, checked)
+
+    @staticmethod
+    def _diagnose_link(
+        db: sqlite3.Connection, row: _Row, prev: _Row | None, content_ok: bool
+    ) -> tuple[int, str]:
+        """Name the first untrustworthy record when `row` does not link to the record before it."""
+        seq = row.seq
+        before = f"record {prev.seq}" if prev else "the start of the log"
+        # Does it link to some other record still in the log? Then records were inserted or moved.
+        hit = db.execute(
+            "SELECT seq FROM audit WHERE hash = ? AND seq <> ? ORDER BY seq LIMIT 1", (row.prev_hash, seq)
+        ).fetchone()
+        if hit is not None and hit[0] > seq:
+            return seq, (
+                f"Bad link at record {seq}: it links to record {hit[0]}, which comes after it, so "
+                "records were reordered."
+            )
+        if hit is not None:
+            first = hit[0] + 1
+            return first, (
+                f"Bad link at record {first}: record {seq} links back to record {hit[0]}, so "
+                f"{_span(first, seq - 1, 'was')} inserted into the chain (or records were reordered)."
+            )
+        if content_ok:
+            # `row` still matches its own hash, and its seq is part of that hash: it is the record written
+            # at this place, and the record before it is not the one it was chained to.
+            if prev is None:
+                return seq, (
+                    f"Bad link at record {seq}: it does not start the chain (its prev_hash is not 64 "
+                    "zeros), so it was forged or the records before it were deleted and rehashed."
+                )
+            return prev.seq, (
+                f"Bad link at record {prev.seq}: record {seq} was chained to a different record "
+                f"{prev.seq}, so record {prev.seq} was rewritten with a recomputed hash or "
+                "replaced (or a record after it was deleted and the rest rehashed)."
+            )
+        return seq, (
+            f"Bad link at record {seq}: it does not link to {before} and no longer matches its own "
+            f"hash, so the original record {seq} was deleted and later records renumbered, or "
+            "records were moved or forged here."
+        )
+
+    # --- lifetime ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file; later calls raise CatalogError. Closing twice is harmless."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r})"
+
+
+def _check_anchor(expected_head: tuple[int, str]) -> tuple[int, str]:
+    try:
+        seq, hash_ = expected_head
+    except (TypeError, ValueError):
+        raise ValueError(f"expected_head must be (seq, hash), not {expected_head!r}") from None
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ValueError(f"expected_head seq must be an integer >= 0, not {seq!r}")
+    if not isinstance(hash_, str) or not _HASH_RE.fullmatch(hash_):
+        raise ValueError(f"expected_head hash must be 64 lowercase hex digits, not {hash_!r}")
+    return seq, hash_
