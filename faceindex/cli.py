@@ -30,7 +30,7 @@ people_app = typer.Typer(help="Group faces into people, list them, show or name 
 app.add_typer(people_app, name="people")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 LEADS_NOTICE = ("Candidates are leads for a person to review, not identifications. A score's FMR is the share of "
                 "different-person pairs that score as high (measured on LFW).")
@@ -151,7 +151,7 @@ def search(
                 results = fi.search(probe, top, largest=largest, include_low_quality=include_low_quality)
             except FaceIndexError as e:
                 failed = failed or e.exit_code
-                err.print(f"error: {probe}: {e}", markup=False, highlight=False)
+                err.print(f"error: {e}", markup=False, highlight=False)
                 results_json.append({"probe": str(probe), "error": str(e), "code": type(e).__name__})
                 continue
             for n, r in enumerate(results):
