@@ -95,7 +95,8 @@ def test_search_verify_people_remove(tmp_path):
     v = json.loads(p.stdout)
     assert v["same_person_candidate"] is True and v["fmr"] < 1e-3
     pairs = tmp_path / "pairs.txt"
-    pairs.write_text(f"{lfw('Tony_Blair', 1)}\t{lfw('Tony_Blair', 30)}\n{lfw('Tony_Blair', 1)} {lfw('Serena_Williams', 9)}\n")
+    pairs.write_text(f"{lfw('Tony_Blair', 1)}\t{lfw('Tony_Blair', 30)}\n"
+                     f"{lfw('Tony_Blair', 1)} {lfw('Serena_Williams', 9)}\n")
     rows = json.loads(run("verify", "--pairs", pairs, "--json", data=data, check=0).stdout)
     assert [r["same_person_candidate"] for r in rows] == [True, False]
 
