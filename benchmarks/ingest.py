@@ -1,0 +1,100 @@
+"""Indexing throughput: faceindex `add` with 1 worker and all workers vs the face_recognition package's pipeline.
+
+The baseline is what most Python users run today: face_recognition.face_locations (dlib HOG, upsample 1) +
+face_recognition.face_encodings (same dlib ResNet model, 5-point alignment) in one process, on the same images.
+It needs `pip install --no-deps face_recognition` (its declared dlib dependency would build dlib from source;
+dlib-bin already provides the module).
+
+    python benchmarks/ingest.py [--images 600] [--backend auto|onnx|dlib ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW = ROOT.parent / "shared" / "data" / "lfw" / "images"
+
+
+def sample(n: int) -> list[Path]:
+    """n LFW images, spread over people (every k-th file in sorted order)."""
+    files = sorted(LFW.glob("*/*.jpg"))
+    step = max(1, len(files) // n)
+    return files[::step][:n]
+
+
+def run_faceindex(files: list[Path], workers: int, backend: str, flip: bool) -> tuple[float, int]:
+    from faceindex import FaceIndex
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "photos"
+        src.mkdir()
+        for f in files:
+            (src / f.name).symlink_to(f)
+        with FaceIndex.open(Path(tmp) / "data", backend=backend, flip=flip) as fi:
+            t = time.perf_counter()
+            rep = fi.add([src], "bench", workers=workers)
+            secs = time.perf_counter() - t
+            assert rep.ok and rep.images_indexed == len(files), rep.errors
+            return secs, rep.faces_found
+
+
+def run_face_recognition(files: list[Path]) -> tuple[float, int]:
+    import face_recognition
+
+    t = time.perf_counter()
+    faces = 0
+    for f in files:
+        img = face_recognition.load_image_file(str(f))
+        locs = face_recognition.face_locations(img)
+        faces += len(face_recognition.face_encodings(img, locs))
+    return time.perf_counter() - t, faces
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--backend", nargs="+", default=["dlib", "onnx"], choices=["dlib", "onnx", "auto"])
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    if not LFW.is_dir():
+        sys.exit(f"LFW not found at {LFW}")
+    files = sample(args.images)
+    print(f"# ingest benchmark: {len(files)} LFW images (250x250), {platform.machine()}, {os.cpu_count()} cores, "
+          f"flip={'on' if args.flip else 'off'}")
+    rows = []
+    try:
+        secs, faces = run_face_recognition(files)
+        base = len(files) / secs
+        rows.append(("face_recognition (baseline)", 1, secs, faces))
+    except ImportError:
+        base = None
+        print("face_recognition not installed: pip install --no-deps face_recognition (baseline skipped)")
+    for backend in args.backend:
+        for w in sorted({1, args.workers}):
+            secs, faces = run_faceindex(files, w, backend, args.flip)
+            rows.append((f"faceindex add, backend {backend}", w, secs, faces))
+    print(f"{'pipeline':40} {'workers':>7} {'seconds':>8} {'images/s':>9} {'faces/s':>8} {'img/s/core':>10}"
+          f" {'vs baseline/core':>16}")
+    one_worker: dict[str, float] = {}
+    for name, w, secs, faces in rows:
+        ips = len(files) / secs
+        per_core = ips / w
+        if w == 1:
+            one_worker[name] = ips
+        ratio = f"{per_core / base:.2f}x" if base else "-"
+        print(f"{name:40} {w:>7} {secs:>8.1f} {ips:>9.2f} {faces / secs:>8.2f} {per_core:>10.2f} {ratio:>16}")
+    for name, w, secs, _ in rows:
+        if w > 1 and name in one_worker:
+            print(f"scaling {name}: {len(files) / secs / one_worker[name]:.2f}x with {w} workers")
+
+
+if __name__ == "__main__":
+    main()
