@@ -23,6 +23,7 @@ import numpy as np
 
 from faceindex.calibration import Calibration
 from faceindex.config import Settings
+from faceindex.evaluate import all_pair_scores, open_set, read_pairs, verification_accuracy
 from faceindex.models.base import Detection
 from faceindex.pipeline import FacePipeline, normalise
 
@@ -67,82 +68,6 @@ def embed_all(paths: list[str], settings: Settings, workers: int) -> tuple[np.nd
                 rate = (i + 1) / (time.perf_counter() - t)
                 print(f"  embedded {i + 1}/{len(paths)} ({rate:.1f} images/s)", file=sys.stderr, flush=True)
     return normalise(np.stack([e for e, _ in out])), np.array([d for _, d in out])
-
-
-def read_pairs(path: Path) -> list[list[tuple[str, int, str, int, bool]]]:
-    lines = path.read_text().split("\n")
-    folds, per = (int(x) for x in lines[0].split())
-    rows = [ln.split() for ln in lines[1:] if ln.strip()]
-    out = []
-    for f in range(folds):
-        chunk = rows[f * 2 * per:(f + 1) * 2 * per]
-        fold = []
-        for r in chunk:
-            if len(r) == 3:
-                fold.append((r[0], int(r[1]), r[0], int(r[2]), True))
-            else:
-                fold.append((r[0], int(r[1]), r[2], int(r[3]), False))
-        out.append(fold)
-    return out
-
-
-def verification_accuracy(folds, sim_of) -> tuple[float, float, float]:
-    """Mean and std of 10-fold accuracy, each fold's threshold chosen on the other nine; and mean threshold."""
-    scores = [np.array([sim_of(a, i, b, j) for a, i, b, j, _ in f]) for f in folds]
-    labels = [np.array([s for *_, s in f]) for f in folds]
-    accs, ths = [], []
-    for k in range(len(folds)):
-        tr_s = np.concatenate([scores[i] for i in range(len(folds)) if i != k])
-        tr_l = np.concatenate([labels[i] for i in range(len(folds)) if i != k])
-        cands = np.unique(tr_s)
-        cands = (cands[:-1] + cands[1:]) / 2
-        acc_tr = [((tr_s >= t) == tr_l).mean() for t in cands]
-        t = cands[int(np.argmax(acc_tr))]
-        ths.append(t)
-        accs.append(((scores[k] >= t) == labels[k]).mean())
-    return float(np.mean(accs)), float(np.std(accs)), float(np.mean(ths))
-
-
-def open_set(names: list[str], emb: np.ndarray, rng: np.random.Generator) -> dict:
-    by_person: dict[str, list[int]] = {}
-    for i, n in enumerate(names):
-        by_person.setdefault(n, []).append(i)
-    multi = [p for p, ix in by_person.items() if len(ix) >= 2]
-    single = [p for p, ix in by_person.items() if len(ix) == 1]
-    single = list(rng.permutation(single))
-    distract, nonmated = single[: len(single) // 2], single[len(single) // 2:]
-    gallery = [by_person[p][0] for p in multi] + [by_person[p][0] for p in distract]
-    gallery_person = [p for p in multi] + list(distract)
-    mated = [i for p in multi for i in by_person[p][1:]]
-    nonmated_ix = [by_person[p][0] for p in nonmated]
-    g = emb[gallery]
-    sm = emb[mated] @ g.T
-    top = sm.argmax(axis=1)
-    top_s = sm.max(axis=1)
-    correct = np.array([gallery_person[t] == names[i] for t, i in zip(top, mated)])
-    sn = (emb[nonmated_ix] @ g.T).max(axis=1)
-    t1 = float(np.quantile(sn, 0.99))
-    fnir = float(1 - (correct & (top_s > t1)).mean())
-    return {"gallery": len(gallery), "mated_probes": len(mated), "nonmated_probes": len(nonmated_ix),
-            "rank1": float(correct.mean()), "fnir_at_fpir_1pct": fnir, "threshold_at_fpir_1pct": t1}
-
-
-def all_pair_scores(names: list[str], emb: np.ndarray, max_impostor: int) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine scores (all same-person pairs) and impostor scores (all different-person pairs, up to a cap)."""
-    labels = np.unique(np.array(names), return_inverse=True)[1]
-    gen, imp = [], []
-    n = len(emb)
-    step = 1024
-    keep_every = max(1, (n * (n - 1) // 2) // max_impostor)
-    for s in range(0, n, step):
-        block = emb[s:s + step] @ emb.T
-        for r in range(block.shape[0]):
-            i = s + r
-            row = block[r, i + 1:]
-            same = labels[i + 1:] == labels[i]
-            gen.append(row[same])
-            imp.append(row[~same][::keep_every] if keep_every > 1 else row[~same])
-    return np.concatenate(gen), np.concatenate(imp)
 
 
 def main() -> None:

@@ -20,14 +20,17 @@ import numpy as np
 from .errors import CatalogError, ModelError, NotFoundError
 from .types import Box, Face
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    basis TEXT NOT NULL DEFAULT 'unspecified',
+    notice TEXT,
+    retention_days INTEGER
 );
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY,
@@ -70,6 +73,15 @@ CREATE TABLE IF NOT EXISTS faces (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id);
+CREATE TABLE IF NOT EXISTS optouts (
+    id INTEGER PRIMARY KEY,
+    reference TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    templates BLOB NOT NULL,
+    n_templates INTEGER NOT NULL,
+    receipt TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
 """
 
@@ -91,6 +103,7 @@ class FaceRecord:
     path: str
     source: str
     added_at: str
+    basis: str = "unspecified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,10 @@ class Catalog:
                 raise CatalogError(
                     f"catalog schema {version} is newer than this faceindex understands ({SCHEMA_VERSION})"
                 )
+            elif int(version) < 2:  # 1 -> 2: legal basis, notice and retention of sources
+                for col in ("basis TEXT NOT NULL DEFAULT 'unspecified'", "notice TEXT", "retention_days INTEGER"):
+                    self.db.execute(f"ALTER TABLE sources ADD COLUMN {col}")
+                self.set_meta("schema_version", "2")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -181,15 +198,50 @@ class Catalog:
             return row[0]
         if not create:
             raise NotFoundError(f"no source named {name!r}")
+        return self.put_source(name)
+
+    def put_source(self, name: str, basis: str | None = None, notice: str | None = None,
+                   retention_days: int | None = None) -> int:
+        """Create a source, or update the given fields of an existing one."""
         with self.transaction():
-            return self.db.execute("INSERT INTO sources(name, created_at) VALUES(?, ?)", (name, now())).lastrowid
+            row = self.db.execute("SELECT id FROM sources WHERE name=?", (name,)).fetchone()
+            if row is None:
+                return self.db.execute(
+                    "INSERT INTO sources(name, created_at, basis, notice, retention_days) VALUES(?,?,?,?,?)",
+                    (name, now(), basis or "unspecified", notice, retention_days)).lastrowid
+            if basis is not None:
+                self.db.execute("UPDATE sources SET basis=? WHERE id=?", (basis, row[0]))
+            if notice is not None:
+                self.db.execute("UPDATE sources SET notice=? WHERE id=?", (notice, row[0]))
+            if retention_days is not None:
+                self.db.execute("UPDATE sources SET retention_days=? WHERE id=?",
+                                (retention_days or None, row[0]))
+            return row[0]
 
     def sources(self) -> list[dict]:
         rows = self.db.execute(
-            "SELECT s.name, s.created_at, COUNT(f.id) FROM sources s LEFT JOIN files f ON f.source_id = s.id "
-            "GROUP BY s.id ORDER BY s.name"
+            "SELECT s.id, s.name, s.created_at, s.basis, s.notice, s.retention_days, COUNT(f.id), MIN(f.added_at) "
+            "FROM sources s LEFT JOIN files f ON f.source_id = s.id GROUP BY s.id ORDER BY s.name"
         ).fetchall()
-        return [{"name": n, "created_at": c, "files": k} for n, c, k in rows]
+        return [{"id": i, "name": n, "created_at": c, "basis": b, "notice": no, "retention_days": r, "files": k,
+                 "oldest_file": o} for i, n, c, b, no, r, k, o in rows]
+
+    def expired_files(self, source_id: int, cutoff: str) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM files WHERE source_id=? AND added_at < ?",
+                                              (source_id, cutoff))]
+
+    def remove_file_ids(self, file_ids: list[int]) -> tuple[int, int, list[int]]:
+        """Forget files by id; returns (files removed, images removed, face ids removed)."""
+        with self.transaction():
+            images: set[int] = set()
+            for chunk in _chunks(file_ids, 900):
+                marks = ",".join("?" * len(chunk))
+                images |= {r[0] for r in self.db.execute(f"SELECT image_id FROM files WHERE id IN ({marks})", chunk)}
+                self.db.execute(f"DELETE FROM files WHERE id IN ({marks})", chunk)
+            before = self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            removed = self._drop_orphans(sorted(images))
+            after = self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            return len(file_ids), before - after, removed
 
     def file_states(self, source_id: int) -> dict[str, FileState]:
         rows = self.db.execute("SELECT path, image_id, size, mtime_ns FROM files WHERE source_id=?", (source_id,))
@@ -257,18 +309,8 @@ class Catalog:
         if source_id is not None:
             cond += " AND source_id = ?"
             args.append(source_id)
-        with self.transaction():
-            rows = self.db.execute(f"SELECT id, image_id FROM files WHERE {cond}", args).fetchall()
-            if not rows:
-                return 0, 0, []
-            self.db.executemany("DELETE FROM files WHERE id=?", [(r[0],) for r in rows])
-            images = sorted({r[1] for r in rows})
-            before = len(images)
-            removed = self._drop_orphans(images)
-            left = self.db.execute(
-                f"SELECT COUNT(*) FROM images WHERE id IN ({','.join('?' * before)})", images
-            ).fetchone()[0]
-            return len(rows), before - left, removed
+        ids = [r[0] for r in self.db.execute(f"SELECT id FROM files WHERE {cond}", args)]
+        return self.remove_file_ids(ids) if ids else (0, 0, [])
 
     def _drop_orphans(self, image_ids: Iterable[int]) -> list[int]:
         """Delete images no file points at any more, with their faces; returns the deleted face ids."""
@@ -344,7 +386,7 @@ class Catalog:
 
     _RECORD_SQL = (
         "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality, f.person_id, p.name, fl.path, s.name, "
-        "i.added_at FROM faces f JOIN images i ON i.id = f.image_id "
+        "i.added_at, s.basis FROM faces f JOIN images i ON i.id = f.image_id "
         "JOIN files fl ON fl.id = (SELECT MIN(id) FROM files WHERE image_id = f.image_id) "
         "JOIN sources s ON s.id = fl.source_id LEFT JOIN people p ON p.id = f.person_id "
     )
@@ -354,7 +396,7 @@ class Catalog:
         for chunk in _chunks(ids, 900):
             rows = self.db.execute(self._RECORD_SQL + f"WHERE f.id IN ({','.join('?' * len(chunk))})", chunk)
             for r in rows:
-                out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11])
+                out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         return out
 
     def face_record(self, face_id: int) -> FaceRecord:
@@ -407,6 +449,32 @@ class Catalog:
         with self.transaction():
             if self.db.execute("UPDATE people SET name=? WHERE id=?", (name, person_id)).rowcount == 0:
                 raise NotFoundError(f"no person {person_id}")
+
+    # --- opt-outs ---------------------------------------------------------------------------------------------
+    def add_optout(self, reference: str, actor: str, templates: np.ndarray, receipt: dict) -> None:
+        with self.transaction():
+            if self.db.execute("SELECT 1 FROM optouts WHERE reference=?", (reference,)).fetchone():
+                raise CatalogError(f"an opt-out with reference {reference!r} already exists")
+            t = np.ascontiguousarray(templates, dtype=np.float32)
+            self.db.execute(
+                "INSERT INTO optouts(reference, created_at, actor, templates, n_templates, receipt) VALUES(?,?,?,?,?,?)",
+                (reference, receipt["time"], actor, t.tobytes(), len(t), json.dumps(receipt)))
+
+    def optouts(self) -> list[dict]:
+        rows = self.db.execute("SELECT reference, created_at, actor, n_templates, receipt FROM optouts ORDER BY id")
+        return [{"reference": r, "created_at": c, "actor": a, "templates": n, "receipt": json.loads(rc)}
+                for r, c, a, n, rc in rows]
+
+    def remove_optout(self, reference: str) -> None:
+        with self.transaction():
+            if self.db.execute("DELETE FROM optouts WHERE reference=?", (reference,)).rowcount == 0:
+                raise NotFoundError(f"no opt-out with reference {reference!r}")
+
+    def optout_templates(self, dim: int = 128) -> np.ndarray:
+        blobs = [r[0] for r in self.db.execute("SELECT templates FROM optouts")]
+        if not blobs:
+            return np.zeros((0, dim), np.float32)
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
 
     # --- stats -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

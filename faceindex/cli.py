@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -21,13 +22,27 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Settings
-from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError
+from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError, PolicyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Index the faces of your own photo collections and search them. Results are candidate "
                        "leads with calibrated false-match rates, never identifications.")
 people_app = typer.Typer(help="Group faces into people, list them, show or name one.")
 app.add_typer(people_app, name="people")
+optout_app = typer.Typer(help="The opt-out (do-not-index) registry.", no_args_is_help=True)
+app.add_typer(optout_app, name="optout")
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+source_app = typer.Typer(help="Registered sources: legal basis, notice, retention.", no_args_is_help=True)
+app.add_typer(source_app, name="source")
+retention_app = typer.Typer(help="Delete what has outlived its source's retention period.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
+policy_app = typer.Typer(help="The data folder's policy (purposes, thresholds); changes are audited.",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+Purpose = Annotated[str | None, typer.Option(help="why this search is made (must be an allowed purpose)")]
+Case = Annotated[str | None, typer.Option("--case", help="case or request reference, recorded in the audit trail")]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -138,9 +153,11 @@ def search(
     largest: Annotated[bool, typer.Option(help="search only the largest face of each probe")] = False,
     include_low_quality: Annotated[bool, typer.Option(help="also return faces below the quality bar")] = False,
     crops: Annotated[Path | None, typer.Option(help="write probe and candidate face crops to this folder")] = None,
+    purpose: Purpose = None,
+    case: Case = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Ranked candidate leads for each face in each probe image."""
+    """Ranked candidate leads for each face in each probe image (audited: needs --purpose and --case)."""
     from .engine import crop_jpeg
 
     results_json = []
@@ -148,7 +165,10 @@ def search(
     with _open() as fi:
         for probe in probes:
             try:
-                results = fi.search(probe, top, largest=largest, include_low_quality=include_low_quality)
+                results = fi.search(probe, top, purpose=purpose, case=case, largest=largest,
+                                    include_low_quality=include_low_quality)
+            except PolicyError as e:
+                raise _fail(e) from e
             except FaceIndexError as e:
                 failed = failed or e.exit_code
                 err.print(f"error: {e}", markup=False, highlight=False)
@@ -220,6 +240,8 @@ def verify(
     pairs: Annotated[Path | None, typer.Option(help="file with two image paths per line (tab or space)")] = None,
     face_a: Annotated[int | None, typer.Option(min=0, help="face number in A (default: largest)")] = None,
     face_b: Annotated[int | None, typer.Option(min=0, help="face number in B (default: largest)")] = None,
+    purpose: Purpose = None,
+    case: Case = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Compare the largest face of two images (or many pairs with --pairs), with score and false-match rate."""
@@ -246,9 +268,11 @@ def verify(
     with _open() as fi:
         for pa, pb in todo:
             try:
-                v = fi.verify(pa, pb, face_a=face_a, face_b=face_b)
+                v = fi.verify(pa, pb, purpose=purpose, case=case, face_a=face_a, face_b=face_b)
                 rows.append({"a": pa, "b": pb, "similarity": round(v.similarity, 5), "fmr": v.fmr,
                              "decision": v.label, "same_person_candidate": v.same})
+            except PolicyError as e:
+                raise _fail(e) from e
             except FaceIndexError as e:
                 failed = failed or e.exit_code
                 rows.append({"a": pa, "b": pb, "error": str(e), "code": type(e).__name__})
@@ -366,6 +390,234 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         t.add_row(k, str(v))
     out.print(t)
 
+# --- opt-out, access, erase -------------------------------------------------------------------------------------
+Photos = Annotated[list[Path], typer.Argument(help="one or more photos of the person (not kept)")]
+Reference = Annotated[str, typer.Option("--reference", "-r", help="request reference, e.g. REQ-123")]
+
+
+@optout_app.command("add")
+def optout_add(photos: Photos, reference: Reference, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Register a person's opt-out: their indexed faces are deleted now and never indexed or returned again."""
+    with _open() as fi:
+        receipt = fi.optout_add(photos, reference)
+    _receipt(receipt, as_json, f"opt-out {receipt['reference']} registered")
+
+
+@optout_app.command("list")
+def optout_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered opt-outs (references, dates, counts; never photos)."""
+    with _open() as fi:
+        rows = fi.optouts()
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['reference']}  {r['created_at']}  by {r['actor']}  {r['templates']} template(s)  "
+                  f"{r['receipt']['faces_removed']} faces removed", markup=False, highlight=False)
+    if not rows:
+        out.print("no opt-outs registered")
+
+
+@optout_app.command("remove")
+def optout_remove(reference: Annotated[str, typer.Argument(help="the opt-out's reference")]) -> None:
+    """Withdraw an opt-out (audited). Faces deleted earlier are not restored."""
+    with _open() as fi:
+        fi.optout_remove(reference)
+    out.print(f"opt-out {reference} withdrawn", markup=False, highlight=False)
+
+
+@app.command()
+def access(photos: Photos, reference: Reference,
+           out_dir: Annotated[Path, typer.Option("--out", help="folder for the JSON and HTML reports")] = Path("."),
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Answer a subject access request: every face held that matches the person (JSON + HTML report)."""
+    with _open() as fi:
+        report = fi.access(photos, reference, out_dir)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(f"{len(report['faces'])} faces in {report['images']} images match; reports: "
+              + ", ".join(report["files"]), markup=False, highlight=False)
+
+
+@app.command()
+def erase(photos: Photos, reference: Reference,
+          out_dir: Annotated[Path | None, typer.Option("--out", help="also write the access reports here")] = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Access + deletion + opt-out in one step, with a receipt."""
+    with _open() as fi:
+        receipt = fi.erase(photos, reference, out_dir)
+    _receipt(receipt, as_json, f"erased under {receipt['reference']}")
+
+
+def _receipt(receipt: dict, as_json: bool, headline: str) -> None:
+    if as_json:
+        _emit_json(receipt)
+        return
+    out.print(f"{headline}: {receipt['faces_removed']} faces removed from {receipt['images_affected']} images at "
+              f"{receipt['time']} (threshold similarity {receipt['threshold']}, FMR {receipt['threshold_fmr']:.0e}); "
+              f"{receipt['templates']} face template(s) kept, no photos", markup=False, highlight=False)
+
+
+# --- audit -------------------------------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(
+    head: Annotated[str | None, typer.Option(help="anchored head SEQ:HASH kept elsewhere, to detect rewrites")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the hash chain; names the first bad record. Exit 1 when the log was tampered with."""
+    anchor = None
+    if head:
+        seq, _, digest = head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise typer.BadParameter("--head must be SEQ:SHA256HEX")
+        anchor = (int(seq), digest)
+    with _open() as fi:
+        res = fi.audit_verify(anchor)
+        seq, digest = fi.audit.head()
+    if as_json:
+        _emit_json({"ok": res.ok, "records": res.records_checked, "first_bad_seq": res.first_bad_seq,
+                    "problem": res.problem, "head": f"{seq}:{digest}"})
+    elif res.ok:
+        out.print(f"audit log intact: {res.records_checked} records; head {seq}:{digest}", markup=False)
+    else:
+        err.print(f"audit log TAMPERED: {res.problem}", markup=False, highlight=False)
+    if not res.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    case: Annotated[str | None, typer.Option("--case")] = None,
+    actor: Annotated[str | None, typer.Option()] = None,
+    action: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[datetime | None, typer.Option(help="ISO date or time (UTC)")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Audit records for auditors, filtered by case, actor, action and time."""
+    with _open() as fi:
+        rows = fi.audit_show(case_ref=case, actor=actor, action=action, since=since, limit=limit)
+    if as_json:
+        _emit_json([r.as_dict() for r in rows])
+        return
+    for r in rows:
+        d = r.details
+        extra = f"  results {sum(len(x) for x in d['results'])}" if isinstance(d.get("results"), list) else ""
+        out.print(f"#{r.seq} {r.time} {r.actor} ({r.role}) {r.action}  purpose={r.purpose or '-'} "
+                  f"case={r.case_ref or '-'}{extra}", markup=False, highlight=False)
+
+
+# --- sources, retention, policy ------------------------------------------------------------------------------------
+def _days(text: str | None) -> int | None:
+    if text is None:
+        return None
+    t = text.strip().lower()
+    units = {"d": 1, "w": 7, "m": 30, "y": 365}
+    try:
+        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t)
+    except ValueError:
+        raise typer.BadParameter(f"retention {text!r}: use e.g. 365d, 12w, 6m, 2y or 0 (keep)") from None
+
+
+@source_app.command("add")
+def source_add(
+    name: str,
+    basis: Annotated[str | None, typer.Option(help="legal basis: consent, owner, contract, public-interest, ...")] = None,
+    retention: Annotated[str | None, typer.Option(help="keep files this long, e.g. 365d, 6m, 2y; 0 = keep")] = None,
+    notice: Annotated[str | None, typer.Option(help="licence or notice text")] = None,
+) -> None:
+    """Register a source (or change its basis, retention or notice)."""
+    with _open() as fi:
+        s = fi.set_source(name, basis, _days(retention), notice)
+    out.print(f"source {s['name']}: basis {s['basis']}, retention "
+              f"{str(s['retention_days']) + ' days' if s['retention_days'] else 'none'}", markup=False)
+
+
+@source_app.command("list")
+def source_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Sources with basis, retention, files and next expiry."""
+    with _open() as fi:
+        rows = fi.sources()
+    if as_json:
+        _emit_json(rows)
+        return
+    for s in rows:
+        out.print(f"{s['name']}: basis {s['basis']}, {s['files']} files, retention "
+                  f"{s['retention_days'] or '-'} days, next expiry {s['next_expiry'] or '-'}", markup=False)
+
+
+@retention_app.command("apply")
+def retention_apply(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Delete files older than their source's retention (safe to run from cron)."""
+    with _open() as fi:
+        res = fi.retention_apply()
+    if as_json:
+        _emit_json(res)
+    else:
+        out.print(f"expired: {res['files']} files, {res['images']} images, {res['faces']} faces deleted", markup=False)
+
+
+@policy_app.command("show")
+def policy_show() -> None:
+    """The policy in force."""
+    with _open() as fi:
+        _emit_json(fi.policy.model_dump())
+
+
+@policy_app.command("set")
+def policy_set(key: str, value: str) -> None:
+    """Change one policy field (JSON value, e.g. true, 0.001, ["investigation"]); audited."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    with _open() as fi:
+        new = fi.set_policy(**{key: parsed})
+    out.print(f"policy {key} = {json.dumps(getattr(new, key))}", markup=False)
+
+@app.command()
+def evaluate(
+    folder: Annotated[Path, typer.Argument(help="labelled photos: one sub-folder per person")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write evaluation.json and .png")] = Path("evaluation"),
+    write_calibration: Annotated[bool, typer.Option(help="make this index use the measured calibration")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Measure the model on your own labelled data: ROC/DET, TAR at FAR, open-set FNIR at FPIR."""
+    with _open() as fi, _progress(as_json) as bar:
+        task = bar.add_task("embedding", total=None, faces=0, errors=0)
+        totals = {"faces": 0, "errors": 0}
+
+        def on(event: str, info: dict) -> None:
+            if event == "scan":
+                bar.update(task, total=info["files"])
+            elif event == "file":
+                totals["errors"] += 1 if info.get("error") else 0
+                totals["faces"] += info.get("faces", 0)
+                bar.update(task, advance=1, **totals)
+
+        r = fi.evaluate(folder, out_dir, write_calibration=write_calibration, progress=on)
+    if as_json:
+        _emit_json({k: v for k, v in r.items() if k not in ("curves", "histogram")})
+        return
+    c, v = r["counts"], r["verification"]
+    out.print(f"{c['embedded']} images of {c['people_embedded']} people embedded ({c['failures']} failed); "
+              f"{c['genuine_pairs']} same-person and {c['impostor_pairs']} different-person pairs", markup=False)
+    out.print(f"EER {v['eer'] * 100:.2f}%", markup=False)
+    for t in v["tar_at_far"]:
+        out.print(f"TAR at FAR {t['far']:g}: " + (f"{t['tar'] * 100:.2f}%" if t["resolved"] else "not measurable"),
+                  markup=False)
+    if r.get("kfold"):
+        out.print(f"verification accuracy ({r['kfold']['folds']}-fold): {r['kfold']['accuracy'] * 100:.2f}%", markup=False)
+    o = r.get("open_set", {})
+    if "rank1" in o:
+        out.print(f"open-set: rank-1 {o['rank1'] * 100:.2f}%, FNIR at FPIR 1% {o['fnir_at_fpir_1pct'] * 100:.2f}%",
+                  markup=False)
+    for w in r["warnings"]:
+        err.print(f"warning: {w}", markup=False, highlight=False)
+    out.print(f"wrote {r['outputs']['json']} and {r['outputs']['png']}"
+              + (" and installed the calibration" if write_calibration else ""), markup=False)
+
 
 def main() -> None:
     """Entry point: map faceindex errors to one-line messages and exit codes, never tracebacks."""
@@ -377,6 +629,9 @@ def main() -> None:
     except FaceIndexError as e:
         err.print(f"error: {e}", markup=False, highlight=False)
         sys.exit(e.exit_code)
+    except ValueError as e:  # bad parameters reaching the engine
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; everything indexed so far is kept")
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,16 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="use exact search below this many faces, IVF above"
     )
     nprobe: int = Field(default=48, ge=1, description="IVF lists visited per query")
+    actor: str = Field(default_factory=lambda: _user(), min_length=1, description="who is acting (audit trail)")
+    role: Literal["owner", "admin", "investigator", "auditor", "privacy-officer"] = Field(
+        default="owner", description="the actor's role; the local operator owns the data folder")
 
     def resolved_data(self) -> Path:
         return self.data.expanduser().resolve()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,11 @@ from PIL import Image
 from . import calibration as calib
 from . import cluster as clustering
 from . import images
-from .catalog import Catalog, FaceRecord
+from . import policy as policies
+from .audit import AuditLog
+from .catalog import Catalog, FaceRecord, now
 from .config import Settings
-from .errors import FaceIndexError, ImageError, NoFaceError, NotFoundError
+from .errors import EvaluationError, FaceIndexError, ImageError, NoFaceError, NotFoundError, PolicyError
 from .models.dlib import RESNET_SPEC
 from .pipeline import FacePipeline, FileFailure, ImageResult, analyse_files
 from .types import AddReport, Box, Face, FileError, Match, Person, ProbeResult, Verification
@@ -28,9 +32,11 @@ ImageInput = str | os.PathLike | bytes | np.ndarray
 Progress = Callable[[str, dict], None]
 
 CATALOG_FILE = "catalog.db"
+AUDIT_FILE = "audit.db"
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
 CHECKPOINT_SECONDS = 120.0
+MIN_CALIBRATION_PAIRS = 100_000  # an installed table must resolve FMRs well below the 'strong' bar
 CLUSTER_FMR = 1e-4  # edges of the people graph: pairs at least this unlikely to be different people
 
 
@@ -49,6 +55,13 @@ class FaceIndex:
         self._index_gen = -1
         self._lock = threading.RLock()
         self.repaired: tuple[int, int] | None = None  # (added, removed) by the last index repair
+        self.audit = AuditLog(self.data / AUDIT_FILE)
+        self.policy, sha = policies.load(self.data)
+        if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
+            self._record("policy.change", details={"how": "policy file changed outside faceindex",
+                                                   "sha256": sha, "policy": self.policy.model_dump()})
+            with self.catalog.transaction():
+                self.catalog.set_meta("policy_sha", sha)
 
     @classmethod
     def open(cls, data: str | os.PathLike = "./faceindex-data", **overrides) -> FaceIndex:
@@ -57,6 +70,20 @@ class FaceIndex:
 
     def close(self) -> None:
         self.catalog.close()
+        self.audit.close()
+
+    # --- accountability plumbing -------------------------------------------------------------------------------
+    def _allow(self, permission: str) -> None:
+        policies.check_permission(self.settings.role, permission)
+
+    def _record(self, action: str, purpose: str | None = None, case: str | None = None,
+                details: dict | None = None):
+        """Append one audit record for the current actor."""
+        return self.audit.append(action, actor=self.settings.actor, role=self.settings.role, purpose=purpose,
+                                 case_ref=case, details=details or {})
+
+    def _gallery_state(self) -> dict:
+        return {"faces": self.catalog.face_count(), "generation": self.catalog.generation}
 
     def __enter__(self) -> FaceIndex:
         return self
@@ -171,6 +198,13 @@ class FaceIndex:
         return images.load(image, max_pixels=self.settings.max_pixels,
                            max_bytes=self.settings.max_file_bytes).pixels
 
+    def _probe_sha(self, image: ImageInput) -> str:
+        if isinstance(image, np.ndarray):
+            return images.sha256_bytes(np.ascontiguousarray(image).tobytes())
+        if isinstance(image, bytes | bytearray):
+            return images.sha256_bytes(bytes(image))
+        return images.sha256_bytes(images.read_bytes(image, self.settings.max_file_bytes))
+
     def faces(self, image: ImageInput, fallback: bool = True) -> list[Face]:
         """Detect and embed every face of an image without indexing it (largest first).
 
@@ -190,19 +224,25 @@ class FaceIndex:
         return found[:1] if largest else found
 
     # --- add / remove --------------------------------------------------------------------------------------------
-    def add(self, paths: Iterable[str | os.PathLike], source: str = "default", *, workers: int | None = None,
+    def add(self, paths: list[str | os.PathLike], source: str = "default", *, workers: int | None = None,
             progress: Progress | None = None) -> AddReport:
         """Index every face of every image under `paths` (files or folders, recursively).
 
         Unchanged files are skipped, files whose content is already indexed (moved or copied) keep their faces,
         bad files are reported in the result and never stop the batch.
         """
+        self._allow("ingest")
         t0 = time.perf_counter()
         report = AddReport(source=source)
         emit = progress or (lambda _event, _info: None)
         self.catalog.check_model(self.spec.key)
         source_id = self.catalog.source_id(source, create=True)
+        if self.policy.require_source_basis and self._source(source)["basis"] == "unspecified":
+            raise PolicyError(f"source {source!r} has no legal basis; register it with "
+                              f"`faceindex source add {source} --basis ...`")
         index = self.index  # load (and repair) before we change anything
+        optouts = self.catalog.optout_templates(self.spec.dim)
+        optout_threshold = self.optout_threshold()
 
         files: list[Path] = []
         for root in paths:
@@ -259,12 +299,18 @@ class FaceIndex:
                 added_ids, added_vecs, removed_all = [], [], []
                 for r in pending:
                     size, mtime = stat_of[r.path]
+                    faces = r.faces
+                    if len(optouts) and faces:  # opted-out people are never indexed, whatever the source
+                        blocked = _matches_any(np.stack([f.embedding for f in faces]), optouts, optout_threshold)
+                        report.skipped_opted_out += int(blocked.sum())
+                        faces = [f for f, b in zip(faces, blocked) if not b]
+                        report.faces_found -= int(blocked.sum())
                     image_id, ids, removed = self.catalog.add_image(
-                        source_id, r.path, mtime, r.sha256, r.size, r.width, r.height, r.faces)
+                        source_id, r.path, mtime, r.sha256, r.size, r.width, r.height, faces)
                     removed_all += removed
                     if ids:
                         added_ids += ids
-                        added_vecs += [f.embedding for f in r.faces]
+                        added_vecs += [f.embedding for f in faces]
                     for dup_path, dsize, dmtime in duplicates.get(r.path, []):
                         self.catalog.put_file(source_id, dup_path, image_id, dsize, dmtime)
                         report.moved_or_copied += 1
@@ -299,60 +345,106 @@ class FaceIndex:
             self._index = self._maybe_reshape(index, {"trained_n": self._trained_n or index.count})
             self.save()
         report.seconds = time.perf_counter() - t0
+        summary = report.as_dict()
+        summary["errors"] = len(report.errors)
+        self._record("ingest", details={"paths": [os.fspath(p) for p in paths], **summary,
+                                        "gallery": self._gallery_state()})
         return report
 
     def remove(self, path: str | os.PathLike, source: str | None = None) -> dict[str, int]:
         """Forget the files at `path` (a file or folder) in one source (or all): faces, embeddings, index."""
+        self._allow("delete")
         source_id = self.catalog.source_id(source) if source is not None else None
-        index = self.index
         files, imgs, face_ids = self.catalog.remove_files(source_id, os.path.abspath(path))
-        index.remove(np.asarray(face_ids, np.int64))
-        self._index_gen = self.catalog.generation
-        self.save()
-        return {"files": files, "images": imgs, "faces": len(face_ids)}
+        self._forget(face_ids)
+        result = {"files": files, "images": imgs, "faces": len(face_ids)}
+        self._record("delete", details={"path": os.path.abspath(path), "source": source, **result,
+                                        "face_ids": face_ids, "gallery": self._gallery_state()})
+        return result
+
+    def _forget(self, face_ids: list[int]) -> None:
+        """Drop deleted faces from the vector index and persist it."""
+        with self._lock:
+            if self._index is not None:
+                self._index.remove(np.asarray(face_ids, np.int64))
+                self._index_gen = self.catalog.generation
+                self.save()
 
     # --- search / verify ---------------------------------------------------------------------------------------
     def gallery_size(self, include_low_quality: bool = False) -> int:
         n = self.catalog.face_count()
         return n if include_low_quality else n - len(self.catalog.low_quality_ids(self.settings.min_quality))
 
-    def search(self, image: ImageInput, top: int = 10, *, largest: bool = False,
-               include_low_quality: bool = False) -> list[ProbeResult]:
-        """Candidate leads for each face of a probe image (or only the largest), best first."""
+    def search(self, image: ImageInput, top: int = 10, *, purpose: str | None = None, case: str | None = None,
+               largest: bool = False, include_low_quality: bool = False) -> list[ProbeResult]:
+        """Candidate leads for each face of a probe image (or only the largest), best first. Audited."""
+        self._allow("search")
+        self.policy.check_purpose(purpose, case)
         if top < 1:
             raise ValueError("top must be at least 1")
-        probe_faces = self._probe_faces(image, largest)
-        return self.search_faces(probe_faces, top, include_low_quality=include_low_quality, probe=_name(image))
+        sha = self._probe_sha(image)
+        params = {"top": top, "largest": largest, "include_low_quality": include_low_quality}
+        try:
+            probe_faces = self._probe_faces(image, largest)
+        except NoFaceError:
+            self._record("search", purpose, case, {"probe_sha256": sha, **params, "faces": 0, "results": [],
+                                                    "gallery": self._gallery_state()})
+            raise
+        results = self.search_faces(probe_faces, top, include_low_quality=include_low_quality, probe=_name(image))
+        self._record("search", purpose, case, {
+            "probe_sha256": sha, **params, "faces": len(results), "gallery": self._gallery_state(),
+            "possible_fmr": self.calibration.possible_fmr, "strong_fmr": self.calibration.strong_fmr,
+            "results": [[[m.face_id, round(m.similarity, 5)] for m in r.matches] for r in results]})
+        return results
 
     def search_faces(self, faces: list[Face], top: int = 10, *, include_low_quality: bool = False,
                      probe: str = "<probe>") -> list[ProbeResult]:
-        """Search already-embedded faces (see `faces`)."""
+        """Search already-embedded faces (see `faces`); opted-out people are never returned. Not audited:
+        callers outside the engine use `search`."""
         exclude = None if include_low_quality else self.catalog.low_quality_ids(self.settings.min_quality)
         gallery = self.catalog.face_count() - (0 if exclude is None else len(exclude))
-        results = []
+        results: list[ProbeResult] = []
         if not faces:
             return results
         index = self.index
-        sims, ids = index.search(np.stack([f.embedding for f in faces]), top, exclude)
-        records = self.catalog.face_records([int(i) for i in ids.reshape(-1) if i >= 0])
+        optouts = self.catalog.optout_templates(self.spec.dim)
+        fetch = top if not len(optouts) else top * 2 + 32
+        sims, ids = index.search(np.stack([f.embedding for f in faces]), fetch, exclude)
+        flat = [int(i) for i in ids.reshape(-1) if i >= 0]
+        blocked: set[int] = set()
+        if len(optouts) and flat:
+            for cand_ids, vecs in self.catalog.embeddings(flat, dim=self.spec.dim):
+                hit = _matches_any(vecs, optouts, self.optout_threshold())
+                blocked |= set(cand_ids[hit].tolist())
+        records = self.catalog.face_records([i for i in flat if i not in blocked])
         expected = self.calibration.possible_fmr * gallery
         for face, row_s, row_i in zip(faces, sims, ids):
-            matches = []
+            matches: list[Match] = []
             for s, i in zip(row_s, row_i):
                 rec = records.get(int(i))
-                if rec is None:
+                if rec is None or len(matches) == top:
                     continue
                 fmr, label = self.calibration.label(float(s))
                 matches.append(_match(rec, float(s), fmr, label, len(matches) + 1, fmr * gallery))
             results.append(ProbeResult(probe, face, tuple(matches), gallery, expected))
         return results
 
-    def verify(self, a: ImageInput, b: ImageInput, *, face_a: int | None = None,
-               face_b: int | None = None) -> Verification:
-        """Compare the largest (or chosen) face of two images."""
-        fa = self._probe_faces(a, True, face_a)[0]
-        fb = self._probe_faces(b, True, face_b)[0]
-        return self.compare(fa, fb, _name(a), _name(b))
+    def verify(self, a: ImageInput, b: ImageInput, *, purpose: str | None = None, case: str | None = None,
+               face_a: int | None = None, face_b: int | None = None) -> Verification:
+        """Compare the largest (or chosen) face of two images. Audited."""
+        self._allow("verify")
+        self.policy.check_purpose(purpose, case)
+        details = {"a_sha256": self._probe_sha(a), "b_sha256": self._probe_sha(b), "face_a": face_a, "face_b": face_b}
+        try:
+            fa = self._probe_faces(a, True, face_a)[0]
+            fb = self._probe_faces(b, True, face_b)[0]
+        except NoFaceError as e:
+            self._record("verify", purpose, case, {**details, "error": str(e)})
+            raise
+        v = self.compare(fa, fb, _name(a), _name(b))
+        self._record("verify", purpose, case, {**details, "similarity": round(v.similarity, 5), "fmr": v.fmr,
+                                               "decision": v.label})
+        return v
 
     def compare(self, fa: Face, fb: Face, name_a: str = "a", name_b: str = "b") -> Verification:
         sim = float(np.dot(fa.embedding, fb.embedding))
@@ -362,6 +454,7 @@ class FaceIndex:
     # --- people ------------------------------------------------------------------------------------------------
     def cluster(self) -> list[Person]:
         """Group all searchable faces into people; names given earlier stay with their people."""
+        self._allow("people")
         ids, image_ids = self.catalog.face_image_ids()
         low = set(self.catalog.low_quality_ids(self.settings.min_quality).tolist())
         keep = np.array([i not in low for i in ids.tolist()], dtype=bool)
@@ -398,9 +491,208 @@ class FaceIndex:
                       tuple(f.id for f in faces[:8])), faces
 
     def name_person(self, person_id: int, name: str | None) -> None:
+        self._allow("people")
         if name is not None and not name.strip():
             raise ValueError("a name must not be empty")
         self.catalog.name_person(person_id, name.strip() if name else None)
+
+    # --- opt-out, subject access, erasure ----------------------------------------------------------------------
+    def optout_threshold(self) -> float:
+        return self.calibration.threshold_for(self.policy.optout_fmr)
+
+    def access_threshold(self) -> float:
+        return self.calibration.threshold_for(self.policy.access_fmr)
+
+    def _templates(self, photos: list[ImageInput]) -> np.ndarray:
+        """The largest face of each reference photo; the photos themselves are never stored."""
+        if not photos:
+            raise ValueError("at least one photo of the person is needed")
+        return np.stack([self._probe_faces(p, True)[0].embedding for p in photos])
+
+    def _matching_faces(self, templates: np.ndarray, threshold: float) -> dict[int, float]:
+        """Face id -> best similarity, for every indexed face at or above `threshold` to any template."""
+        best: dict[int, float] = {}
+        for sims, ids in self.index.range_search(templates, threshold - 1e-6):
+            for s, i in zip(sims.tolist(), ids.tolist()):
+                best[i] = max(best.get(i, -1.0), s)
+        return best
+
+    def _delete_faces(self, face_ids: list[int]) -> int:
+        images_affected = len({r.image_id for r in self.catalog.face_records(face_ids).values()})
+        self.catalog.delete_faces(face_ids)
+        self._forget(face_ids)
+        return images_affected
+
+    def optout_add(self, photos: list[ImageInput], reference: str) -> dict:
+        """Register a person's opt-out: delete every matching face now, and block them from now on.
+
+        Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored).
+        """
+        self._allow("privacy")
+        reference = _reference(reference)
+        templates = self._templates(photos)
+        matches = self._matching_faces(templates, self.optout_threshold())
+        images_affected = self._delete_faces(sorted(matches))
+        receipt = {"reference": reference, "time": now(), "actor": self.settings.actor, "templates": len(templates),
+                   "faces_removed": len(matches), "images_affected": images_affected,
+                   "threshold": round(self.optout_threshold(), 5), "threshold_fmr": self.policy.optout_fmr}
+        self.catalog.add_optout(reference, self.settings.actor, templates, receipt)
+        self._record("optout.add", case=reference, details={**receipt, "face_ids": sorted(matches),
+                                                             "gallery": self._gallery_state()})
+        return receipt
+
+    def optouts(self) -> list[dict]:
+        self._allow("privacy")
+        return self.catalog.optouts()
+
+    def optout_remove(self, reference: str) -> None:
+        """Withdraw an opt-out (its faces are not restored; new photos will be indexed again). Audited."""
+        self._allow("privacy")
+        self.catalog.remove_optout(reference)
+        self._record("optout.remove", case=reference, details={"reference": reference})
+
+    def access(self, photos: list[ImageInput], reference: str, out_dir: Path | None = None,
+               *, _action: str = "access") -> dict:
+        """Answer a subject access request: every face held that matches the person, with its provenance.
+
+        With `out_dir`, writes `<reference>.json` and a self-contained `<reference>.html` with thumbnails.
+        """
+        self._allow("privacy")
+        reference = _reference(reference)
+        templates = self._templates(photos)
+        matches = self._matching_faces(templates, self.access_threshold())
+        records = self.catalog.face_records(list(matches))
+        faces = []
+        for fid in sorted(matches, key=lambda i: -matches[i]):
+            r = records[fid]
+            faces.append({"face_id": fid, "similarity": round(matches[fid], 5),
+                          "fmr": float(self.calibration.fmr_at(matches[fid])), "source": r.source, "basis": r.basis,
+                          "path": r.path, "box": r.box.as_list(), "added_at": r.added_at, "image_id": r.image_id})
+        report = {"reference": reference, "time": now(), "actor": self.settings.actor, "templates": len(templates),
+                  "threshold": round(self.access_threshold(), 5), "threshold_fmr": self.policy.access_fmr,
+                  "images": len({f["image_id"] for f in faces}), "faces": faces}
+        if out_dir is not None:
+            from .report import access_html
+
+            out_dir.mkdir(parents=True, exist_ok=True)
+            thumbs = {}
+            for f in faces:
+                with contextlib.suppress(FaceIndexError):  # listed without a thumbnail
+                    thumbs[f["face_id"]] = self.face_crop(f["face_id"], size=96)
+            (out_dir / f"{reference}.json").write_text(json.dumps(report, indent=2))
+            (out_dir / f"{reference}.html").write_text(access_html(report, thumbs))
+            report["files"] = [str(out_dir / f"{reference}.json"), str(out_dir / f"{reference}.html")]
+        self._record(_action, case=reference, details={
+            "templates": len(templates), "threshold": report["threshold"], "gallery": self._gallery_state(),
+            "results": [[f["face_id"], f["similarity"]] for f in faces], "exported": report.get("files", [])})
+        return report
+
+    def erase(self, photos: list[ImageInput], reference: str, out_dir: Path | None = None) -> dict:
+        """Access + deletion + opt-out in one step; returns the receipt."""
+        self._allow("privacy")
+        reference = _reference(reference)
+        report = self.access(photos, reference, out_dir, _action="erase.access")
+        receipt = self.optout_add(photos, reference)
+        receipt["faces_listed"] = len(report["faces"])
+        self._record("erase", case=reference, details=receipt)
+        return receipt
+
+    # --- sources, retention, policy ---------------------------------------------------------------------------
+    def _source(self, name: str) -> dict:
+        for s in self.catalog.sources():
+            if s["name"] == name:
+                return s
+        raise NotFoundError(f"no source named {name!r}")
+
+    def set_source(self, name: str, basis: str | None = None, retention_days: int | None = None,
+                   notice: str | None = None) -> dict:
+        """Register a source, or change its legal basis, retention (0 = keep) or notice. Audited."""
+        self._allow("ingest")
+        if basis is not None and basis not in policies.BASES:
+            raise ValueError(f"unknown legal basis {basis!r}; one of: {', '.join(policies.BASES)}")
+        if retention_days is not None and retention_days < 0:
+            raise ValueError("retention must be positive (or 0 to keep forever)")
+        self.catalog.put_source(name, basis, notice, retention_days)
+        source = self._source(name)
+        self._record("source.change", details={k: source[k] for k in ("name", "basis", "notice", "retention_days")})
+        return source
+
+    def sources(self) -> list[dict]:
+        """Sources with their basis, retention, file count and when their oldest file expires."""
+        out = []
+        for s in self.catalog.sources():
+            s = dict(s)
+            if s["retention_days"] and s["oldest_file"]:
+                s["next_expiry"] = _plus_days(s["oldest_file"], s["retention_days"])
+            else:
+                s["next_expiry"] = None
+            out.append(s)
+        return out
+
+    def retention_apply(self, at: datetime | None = None) -> dict:
+        """Delete files older than their source's retention period (and faces no other file holds). Audited."""
+        self._allow("delete")
+        at = at or datetime.now(UTC)
+        result = {"files": 0, "images": 0, "faces": 0, "sources": {}}
+        for s in self.catalog.sources():
+            if not s["retention_days"]:
+                continue
+            cutoff = (at - timedelta(days=s["retention_days"])).isoformat(timespec="seconds")
+            ids = self.catalog.expired_files(s["id"], cutoff)
+            if not ids:
+                continue
+            files, imgs, face_ids = self.catalog.remove_file_ids(ids)
+            self._forget(face_ids)
+            result["files"] += files
+            result["images"] += imgs
+            result["faces"] += len(face_ids)
+            result["sources"][s["name"]] = {"files": files, "images": imgs, "faces": len(face_ids), "cutoff": cutoff}
+        self._record("retention.apply", details={**result, "at": at.isoformat(timespec="seconds"),
+                                                 "gallery": self._gallery_state()})
+        return result
+
+    def set_policy(self, **changes) -> policies.Policy:
+        """Change policy fields (validated), save the file and audit the change."""
+        self._allow("policy")
+        before = self.policy.model_dump()
+        try:
+            new = policies.Policy.model_validate({**before, **changes})
+        except ValueError as e:
+            raise PolicyError(f"invalid policy change: {e}") from e
+        sha = policies.save(self.data, new)
+        with self.catalog.transaction():
+            self.catalog.set_meta("policy_sha", sha)
+        self.policy = new
+        self._record("policy.change", details={"before": before, "after": new.model_dump(), "sha256": sha})
+        return new
+
+    def evaluate(self, folder: str | os.PathLike, out_dir: str | os.PathLike, *, write_calibration: bool = False,
+                 progress: Progress | None = None) -> dict:
+        """Measure the model on labelled data (one folder per person); optionally install its calibration."""
+        from . import evaluate as ev
+
+        self._allow("policy" if write_calibration else "verify")
+        result = ev.evaluate(folder, self.settings, out_dir, progress=progress)
+        if write_calibration:
+            cal = calib.Calibration.from_json(result["calibration"]["table"])
+            if cal.impostor_pairs < MIN_CALIBRATION_PAIRS:
+                raise EvaluationError(
+                    f"only {cal.impostor_pairs} different-person pairs: too few to calibrate false-match rates down "
+                    f"to {self.calibration.strong_fmr:g} (need {MIN_CALIBRATION_PAIRS}); calibration not changed")
+            path = ev.write_calibration(cal, self.data)
+            self.calibration = calib.load(self.spec.calibration, path)
+            self._record("policy.change", details={"calibration": str(path), "source": cal.source,
+                                                   "impostor_pairs": cal.impostor_pairs})
+        return result
+
+    # --- audit --------------------------------------------------------------------------------------------------
+    def audit_verify(self, expected_head: tuple[int, str] | None = None):
+        self._allow("audit")
+        return self.audit.verify(expected_head)
+
+    def audit_show(self, **filters):
+        self._allow("audit")
+        return self.audit.query(**filters)
 
     # --- crops and stats ---------------------------------------------------------------------------------------
     def face_crop(self, face_id: int, size: int = 160, margin: float = 0.3) -> bytes:
@@ -419,7 +711,9 @@ class FaceIndex:
         return {
             **counts,
             "low_quality_faces": len(self.catalog.low_quality_ids(self.settings.min_quality)),
-            "sources_list": self.catalog.sources(),
+            "sources_list": self.sources(),
+            "optouts": len(self.catalog.optouts()),
+            "audit_records": self.audit.count(),
             "model": self.catalog.get_meta("model") or self.spec.key,
             "detector": self.settings.detector,
             "index_kind": index.kind,
@@ -441,6 +735,25 @@ def crop_jpeg(pixels: np.ndarray, box: Box, size: int = 160, margin: float = 0.3
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def _matches_any(vecs: np.ndarray, templates: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask: which of `vecs` reach `threshold` against any template."""
+    if not len(templates) or not len(vecs):
+        return np.zeros(len(vecs), dtype=bool)
+    return (np.asarray(vecs, np.float32) @ templates.T).max(axis=1) >= threshold
+
+
+def _reference(ref: str) -> str:
+    """A request reference, usable as a file name (no path separators or traversal)."""
+    ref = (ref or "").strip()
+    if not ref or len(ref) > 100 or not all(c.isalnum() or c in "-_.:" for c in ref) or ref.startswith("."):
+        raise ValueError("a reference must be 1-100 characters of letters, digits and - _ . : (not starting with .)")
+    return ref
+
+
+def _plus_days(iso: str, days: int) -> str:
+    return (datetime.fromisoformat(iso) + timedelta(days=days)).isoformat(timespec="seconds")
 
 
 def _match(rec: FaceRecord, sim: float, fmr: float, label: str, rank: int, expected: float) -> Match:

@@ -39,6 +39,12 @@ class NotFoundError(CatalogError):
     exit_code = 6
 
 
+class EvaluationError(FaceIndexError):
+    """A labelled folder that cannot be evaluated (too few people or images, nothing embedded)."""
+
+    exit_code = 65  # EX_DATAERR
+
+
 class PolicyError(FaceIndexError):
     """An operation refused by policy (missing purpose, opted-out subject, ...)."""
 

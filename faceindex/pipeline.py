@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +158,8 @@ def _init_worker(settings_json: str) -> None:
 
 def _work(path: str) -> ImageResult | FileFailure:
     assert _worker_pipeline is not None
+    if os.environ.get("_FACEINDEX_TEST_CRASH_ON") and os.environ["_FACEINDEX_TEST_CRASH_ON"] in path:
+        os._exit(139)  # test hook: a native decoder or model crashing on one file
     return _analyse(_worker_pipeline, path)
 
 
@@ -172,7 +176,11 @@ def _analyse(pipe: FacePipeline, path: str) -> ImageResult | FileFailure:
 
 def analyse_files(paths: Iterable[str], settings: Settings, workers: int,
                   pipeline: FacePipeline | None = None) -> Iterator[ImageResult | FileFailure]:
-    """Analyse files with `workers` processes (in-process when 1), yielding results in input order."""
+    """Analyse files with `workers` processes (in-process when 1), yielding results as they complete.
+
+    A worker that dies (a native crash on one file) does not stop the batch: the pool is restarted, the files that
+    were in flight are retried one at a time, and the one that kills a worker again is reported as failed.
+    """
     paths = list(paths)
     if workers <= 1 or len(paths) <= 1:
         pipe = pipeline or FacePipeline(settings)
@@ -182,8 +190,31 @@ def analyse_files(paths: Iterable[str], settings: Settings, workers: int,
     import multiprocessing as mp
 
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(settings.model_dump_json(),)) as pool:
-        # chunks amortise IPC; small enough that progress stays smooth
-        chunk = max(1, min(8, len(paths) // (workers * 8) or 1))
-        yield from pool.map(_work, paths, chunksize=chunk)
+    queue: deque[str] = deque(paths)
+    suspects: deque[str] = deque()  # in flight when a worker died: retried alone
+    retried: set[str] = set()
+    while queue or suspects:
+        inflight: dict = {}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(settings.model_dump_json(),)) as pool:
+            try:
+                while queue or suspects or inflight:
+                    limit = 1 if suspects else workers * 4
+                    while len(inflight) < limit and (suspects or queue):
+                        if suspects:
+                            p = suspects.popleft()
+                            retried.add(p)
+                        else:
+                            p = queue.popleft()
+                        inflight[pool.submit(_work, p)] = p
+                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        result = fut.result()
+                        del inflight[fut]
+                        yield result
+            except BrokenProcessPool:
+                for p in inflight.values():
+                    if p in retried:  # it killed a worker on its own
+                        yield FileFailure(p, "the image decoder or face model crashed on this file")
+                    else:
+                        suspects.append(p)

@@ -152,6 +152,7 @@ class AddReport:
     moved_or_copied: int = 0
     faces_found: int = 0
     images_without_faces: int = 0
+    skipped_opted_out: int = 0
     errors: list[FileError] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -168,6 +169,7 @@ class AddReport:
             "moved_or_copied": self.moved_or_copied,
             "faces_found": self.faces_found,
             "images_without_faces": self.images_without_faces,
+            "skipped_opted_out": self.skipped_opted_out,
             "errors": [{"path": e.path, "reason": e.reason} for e in self.errors],
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_indexed / self.seconds, 2) if self.seconds else None,

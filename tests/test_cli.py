@@ -15,6 +15,7 @@ from .conftest import PER_PERSON, lfw, needs_lfw, person_of
 
 pytestmark = needs_lfw
 
+WHY = ("--purpose", "testing", "--case", "T-1")
 EXE = shutil.which("faceindex") or f"{sys.executable} -m faceindex"
 
 
@@ -77,7 +78,7 @@ def test_search_verify_people_remove(tmp_path):
     run("add", photos, "--source", "news", "-j", "2", data=data, check=0)
 
     p = run("search", lfw("Serena_Williams", PER_PERSON + 1), lfw("Tony_Blair", 20), "--top", "3", "--json",
-            "--largest", data=data, check=0)
+            "--largest", *WHY, data=data, check=0)
     out = json.loads(p.stdout)
     assert "not identifications" in out["notice"]
     assert [person_of(r["candidates"][0]["path"]) for r in out["results"]] == ["Serena_Williams", "Tony_Blair"]
@@ -86,18 +87,18 @@ def test_search_verify_people_remove(tmp_path):
     assert c["source"] == "news" and len(out["results"][0]["candidates"]) == 3
 
     crops = tmp_path / "crops"
-    run("search", lfw("Colin_Powell", 10), "--largest", "--top", "2", "--crops", crops, data=data, check=0)
+    run("search", lfw("Colin_Powell", 10), "--largest", "--top", "2", "--crops", crops, *WHY, data=data, check=0)
     written = sorted(f.name for f in crops.iterdir())
     assert len(written) == 3 and any("probe" in n for n in written)
     assert Image.open(crops / written[0]).size == (160, 160)
 
-    p = run("verify", lfw("Tony_Blair", 1), lfw("Tony_Blair", 30), "--json", data=data, check=0)
+    p = run("verify", lfw("Tony_Blair", 1), lfw("Tony_Blair", 30), "--json", *WHY, data=data, check=0)
     v = json.loads(p.stdout)
     assert v["same_person_candidate"] is True and v["fmr"] < 1e-3
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(f"{lfw('Tony_Blair', 1)}\t{lfw('Tony_Blair', 30)}\n"
                      f"{lfw('Tony_Blair', 1)} {lfw('Serena_Williams', 9)}\n")
-    rows = json.loads(run("verify", "--pairs", pairs, "--json", data=data, check=0).stdout)
+    rows = json.loads(run("verify", "--pairs", pairs, "--json", *WHY, data=data, check=0).stdout)
     assert [r["same_person_candidate"] for r in rows] == [True, False]
 
     people = json.loads(run("people", "--json", data=data, check=0).stdout)
@@ -120,21 +121,39 @@ def test_probe_without_face_and_bad_probe(tmp_path):
     run("add", lfw("Tony_Blair", 1), data=data, check=0)
     sky = tmp_path / "sky.png"
     Image.new("RGB", (300, 200), (30, 120, 200)).save(sky)
-    p = run("search", sky, data=data, check=4)
+    p = run("search", sky, *WHY, data=data, check=4)
     assert "no face found" in p.stderr
-    p = run("search", tmp_path / "missing.jpg", data=data)
+    p = run("search", tmp_path / "missing.jpg", *WHY, data=data)
     assert p.returncode == 65 and "cannot read file" in p.stderr
-    p = run("verify", sky, lfw("Tony_Blair", 2), data=data, check=4)
+    p = run("verify", sky, lfw("Tony_Blair", 2), *WHY, data=data, check=4)
     assert "no face found" in p.stderr
 
 
 def test_usage_errors(tmp_path):
     data = tmp_path / "data"
     assert run("search", data=data).returncode == 2  # no probe
-    assert run("search", lfw("Tony_Blair", 1), "--top", "0", data=data).returncode == 2
+    assert run("search", lfw("Tony_Blair", 1), "--top", "0", *WHY, data=data).returncode == 2
+    p = run("search", lfw("Tony_Blair", 1), data=data)  # purpose and case are required by the default policy
+    assert p.returncode == 77 and "purpose is required" in p.stderr
+    p = run("search", lfw("Tony_Blair", 1), "--purpose", "curiosity", "--case", "X", data=data)
+    assert p.returncode == 77 and "not allowed" in p.stderr
     assert run("verify", lfw("Tony_Blair", 1), data=data).returncode == 2
     assert run("frobnicate", data=data).returncode == 2
     assert run("--detector", "sift", "stats", data=data).returncode == 2
     assert run("people", "show", "not-a-number", data=data).returncode == 2
     p = run("people", "show", "12345", data=data)
     assert p.returncode == 6 and "no person 12345" in p.stderr
+
+
+def test_worker_crash_does_not_stop_the_batch(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(1, 9):
+        shutil.copy(lfw("Tony_Blair", i), photos / f"t{i}.jpg")
+    shutil.copy(lfw("Tony_Blair", 9), photos / "boom.jpg")
+    p = run("add", photos, "-j", "2", "--json", data=tmp_path / "data", check=3,
+            env={"_FACEINDEX_TEST_CRASH_ON": "boom.jpg"})
+    rep = json.loads(p.stdout)
+    assert rep["images_indexed"] == 8
+    assert [os.path.basename(e["path"]) for e in rep["errors"]] == ["boom.jpg"]
+    assert "crashed" in rep["errors"][0]["reason"]

@@ -14,6 +14,7 @@ from faceindex.errors import ModelError
 from .conftest import PEOPLE, PER_PERSON, lfw, needs_lfw, person_of
 
 pytestmark = needs_lfw
+WHY = {"purpose": "testing", "case": "T-1"}
 
 
 def test_index_holds_every_image(built_index, gallery_dir):
@@ -28,7 +29,7 @@ def test_search_finds_the_enrolled_person_first(built_index):
     hits = total = 0
     for name in PEOPLE:
         for i in (PER_PERSON + 1, PER_PERSON + 2):  # held-out photos of enrolled people
-            res = built_index.search(lfw(name, i), top=5, largest=True)
+            res = built_index.search(lfw(name, i), top=5, largest=True, **WHY)
             assert len(res) == 1 and len(res[0].matches) == 5
             top = res[0].matches[0]
             total += 1
@@ -41,7 +42,7 @@ def test_search_finds_the_enrolled_person_first(built_index):
 
 
 def test_search_reports_calibrated_leads(built_index):
-    res = built_index.search(lfw("Tony_Blair", PER_PERSON + 3), top=3, largest=True)[0]
+    res = built_index.search(lfw("Tony_Blair", PER_PERSON + 3), top=3, largest=True, **WHY)[0]
     top = res.matches[0]
     assert top.label in ("strong candidate", "possible candidate")
     assert top.fmr < 1e-3
@@ -49,7 +50,7 @@ def test_search_reports_calibrated_leads(built_index):
     assert res.expected_false_candidates == pytest.approx(built_index.calibration.possible_fmr * res.gallery_size)
     assert top.expected_false == pytest.approx(top.fmr * res.gallery_size)
     # an unknown person gets weak scores
-    unknown = built_index.search(lfw("George_W_Bush", 1), top=1, largest=True)[0].matches[0]
+    unknown = built_index.search(lfw("George_W_Bush", 1), top=1, largest=True, **WHY)[0].matches[0]
     assert unknown.similarity < top.similarity
 
 
@@ -59,7 +60,7 @@ def test_probe_without_face(built_index, tmp_path):
     p = tmp_path / "wall.png"
     Image.new("RGB", (320, 240), (90, 90, 90)).save(p)
     with pytest.raises(NoFaceError, match="no face found"):
-        built_index.search(p)
+        built_index.search(p, **WHY)
 
 
 def test_verify_on_lfw_pairs(built_index):
@@ -73,7 +74,7 @@ def test_verify_on_lfw_pairs(built_index):
             a, b, same = lfw(parts[0], int(parts[1])), lfw(parts[0], int(parts[2])), True
         else:
             a, b, same = lfw(parts[0], int(parts[1])), lfw(parts[2], int(parts[3])), False
-        v = built_index.verify(a, b)
+        v = built_index.verify(a, b, **WHY)
         correct += v.same == same
     assert correct / 120 >= 0.93, f"{correct}/120"
 
@@ -177,10 +178,10 @@ def test_large_gallery_switches_to_ivf(tmp_path, gallery_dir):
     with FaceIndex.open(tmp_path / "data", exact_threshold=100) as fi:
         fi.add([gallery_dir], "s")
         assert fi.index.kind == "ivf"
-        res = fi.search(lfw("Serena_Williams", PER_PERSON + 1), top=3, largest=True)[0]
+        res = fi.search(lfw("Serena_Williams", PER_PERSON + 1), top=3, largest=True, **WHY)[0]
         assert person_of(res.matches[0].path) == "Serena_Williams"
         fi.remove(gallery_dir / "Serena_Williams", "s")
-        res = fi.search(lfw("Serena_Williams", PER_PERSON + 1), top=3, largest=True)[0]
+        res = fi.search(lfw("Serena_Williams", PER_PERSON + 1), top=3, largest=True, **WHY)[0]
         assert all(person_of(m.path) != "Serena_Williams" for m in res.matches)
 
 
@@ -196,5 +197,5 @@ def test_low_quality_faces_are_kept_but_not_candidates(tmp_path, gallery_dir):
         fi.add([gallery_dir / "Hugo_Chavez"], "s", workers=1)
         probe = lfw("Hugo_Chavez", PER_PERSON + 1)
         assert fi.stats()["faces"] > 0
-        assert fi.search(probe, top=3)[0].matches == ()
-        assert len(fi.search(probe, top=3, include_low_quality=True)[0].matches) == 3
+        assert fi.search(probe, top=3, **WHY)[0].matches == ()
+        assert len(fi.search(probe, top=3, include_low_quality=True, **WHY)[0].matches) == 3

@@ -35,6 +35,7 @@ class FaissIndex:
         self.dim = dim
         self.nprobe = nprobe
         self.kind = "ivf" if isinstance(index, faiss.IndexIVF) else "exact"
+        self._excluded: tuple[np.ndarray, faiss.IDSelector] | None = None  # (ids, selector of all but them)
 
     @classmethod
     def exact(cls, dim: int) -> FaissIndex:
@@ -80,13 +81,42 @@ class FaissIndex:
         k = max(1, min(int(k), max(1, self.count)))
         sel = None
         if exclude is not None and len(exclude):
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(_as_ids(exclude)))
+            sel = self._all_but(_as_ids(exclude))
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
         else:
             params = faiss.SearchParameters(sel=sel) if sel is not None else None
         sims, ids = self.index.search(v, k, params=params)
         return sims, ids
+
+    def range_search(self, vecs, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, (sims, ids) of every vector with inner product > threshold."""
+        v = _as_vecs(vecs, self.dim)
+        if self.count == 0:
+            return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(v))]
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.kind == "ivf" else None
+        lims, sims, ids = self.index.range_search(v, float(threshold), params=params)
+        return [(sims[lims[i]:lims[i + 1]], ids[lims[i]:lims[i + 1]]) for i in range(len(v))]
+
+    def _all_but(self, ids: np.ndarray) -> faiss.IDSelector:
+        """A selector of every id except `ids`, reused while the same ids are excluded.
+
+        The engine excludes the same low-quality faces from every search: building a hash-set selector of 50k ids
+        takes ~30 ms, 30x an IVF search of 1M faces, so it is built once; a bitmap (up to 8 MiB, ids < 2**26) is
+        also quicker to build and to test than faiss's hash set.
+        """
+        cached = self._excluded
+        if cached is not None and np.array_equal(cached[0], ids):
+            return cached[1]
+        if ids.min() >= 0 and ids.max() < 1 << 26:
+            mask = np.zeros(int(ids.max()) + 1, dtype=bool)
+            mask[ids] = True
+            inner = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+        else:
+            inner = faiss.IDSelectorBatch(ids)
+        sel = faiss.IDSelectorNot(inner)
+        self._excluded = (ids.copy(), sel)
+        return sel
 
     def ids(self) -> np.ndarray:
         if self.kind == "exact":
