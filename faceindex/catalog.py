@@ -73,6 +73,25 @@ CREATE TABLE IF NOT EXISTS faces (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at TEXT,
+    last_used_at TEXT
+);
+CREATE TABLE IF NOT EXISTS confirmations (
+    id INTEGER PRIMARY KEY,
+    case_ref TEXT NOT NULL,
+    face_id INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (case_ref, face_id, actor)
+);
 CREATE TABLE IF NOT EXISTS optouts (
     id INTEGER PRIMARY KEY,
     reference TEXT NOT NULL UNIQUE,
@@ -445,6 +464,21 @@ class Catalog:
         recs = self.face_records(ids)
         return row[0], [recs[i] for i in ids if i in recs]
 
+    def move_faces(self, face_ids: list[int], person_id: int | None = None) -> int:
+        """Put faces into a person (a new one when None); returns the person id."""
+        with self.transaction():
+            if person_id is None:
+                person_id = self.db.execute("INSERT INTO people(created_at) VALUES(?)", (now(),)).lastrowid
+            self.db.executemany("UPDATE faces SET person_id=? WHERE id=?", [(person_id, f) for f in face_ids])
+            self._drop_empty_people()
+            return person_id
+
+    def person_face_images(self, person_ids: list[int]) -> list[tuple[int, int, int]]:
+        """(person id, face id, image id) of the given people."""
+        marks = ",".join("?" * len(person_ids))
+        return self.db.execute(f"SELECT person_id, id, image_id FROM faces WHERE person_id IN ({marks})",
+                               person_ids).fetchall()
+
     def name_person(self, person_id: int, name: str | None) -> None:
         with self.transaction():
             if self.db.execute("UPDATE people SET name=? WHERE id=?", (name, person_id)).rowcount == 0:
@@ -475,6 +509,51 @@ class Catalog:
         if not blobs:
             return np.zeros((0, dim), np.float32)
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
+
+    # --- API keys and confirmations --------------------------------------------------------------------------
+    def add_key(self, name: str, role: str, prefix: str, secret_sha256: str, created_by: str) -> int:
+        with self.transaction():
+            return self.db.execute(
+                "INSERT INTO api_keys(name, role, prefix, secret_sha256, created_at, created_by) VALUES(?,?,?,?,?,?)",
+                (name, role, prefix, secret_sha256, now(), created_by)).lastrowid
+
+    def keys(self) -> list[dict]:
+        rows = self.db.execute("SELECT id, name, role, prefix, created_at, created_by, revoked_at, last_used_at "
+                               "FROM api_keys ORDER BY id")
+        cols = ("id", "name", "role", "prefix", "created_at", "created_by", "revoked_at", "last_used_at")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def key_by_prefix(self, prefix: str) -> tuple | None:
+        return self.db.execute("SELECT id, name, role, secret_sha256, revoked_at FROM api_keys WHERE prefix=?",
+                               (prefix,)).fetchone()
+
+    def touch_key(self, key_id: int) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE api_keys SET last_used_at=? WHERE id=?", (now(), key_id))
+
+    def revoke_key(self, key_id: int) -> None:
+        with self.transaction():
+            if self.db.execute("UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                               (now(), key_id)).rowcount == 0:
+                raise NotFoundError(f"no active key {key_id}")
+
+    def add_confirmation(self, case_ref: str, face_id: int, actor: str) -> list[str]:
+        """Record one investigator's confirmation; returns the distinct actors who confirmed."""
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO confirmations(case_ref, face_id, actor, created_at) "
+                            "VALUES(?,?,?,?)", (case_ref, face_id, actor, now()))
+            return self.confirmers(case_ref, face_id)
+
+    def confirmers(self, case_ref: str, face_id: int) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT actor FROM confirmations WHERE case_ref=? AND face_id=? ORDER BY id", (case_ref, face_id))]
+
+    def confirmations(self, case_ref: str) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for fid, actor in self.db.execute("SELECT face_id, actor FROM confirmations WHERE case_ref=? ORDER BY id",
+                                          (case_ref,)):
+            out.setdefault(fid, []).append(actor)
+        return out
 
     # --- stats -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

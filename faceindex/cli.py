@@ -37,6 +37,8 @@ source_app = typer.Typer(help="Registered sources: legal basis, notice, retentio
 app.add_typer(source_app, name="source")
 retention_app = typer.Typer(help="Delete what has outlived its source's retention period.", no_args_is_help=True)
 app.add_typer(retention_app, name="retention")
+keys_app = typer.Typer(help="API keys for the server (stored hashed; a token is shown once).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 policy_app = typer.Typer(help="The data folder's policy (purposes, thresholds); changes are audited.",
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -617,6 +619,59 @@ def evaluate(
         err.print(f"warning: {w}", markup=False, highlight=False)
     out.print(f"wrote {r['outputs']['json']} and {r['outputs']['png']}"
               + (" and installed the calibration" if write_calibration else ""), markup=False)
+
+# --- server and keys ---------------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, investigator, auditor or privacy-officer")],
+    name: Annotated[str, typer.Option(help="who or what uses the key (shown in the audit trail)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key; its token is printed once and only its hash is stored."""
+    with _open() as fi:
+        key_id, token = fi.create_key(name, role)
+    if as_json:
+        _emit_json({"id": key_id, "name": name, "role": role, "token": token})
+    else:
+        out.print(f"key {key_id} ({role}, {name}): {token}\nstore it now: it cannot be shown again", markup=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """API keys (never their tokens)."""
+    with _open() as fi:
+        rows = fi.api_keys()
+    if as_json:
+        _emit_json(rows)
+        return
+    for k in rows:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else f"last used {k['last_used_at'] or 'never'}"
+        out.print(f"{k['id']}  {k['role']:<16} {k['name']}  fi_{k['prefix']}_…  {state}", markup=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke an API key at once."""
+    with _open() as fi:
+        fi.revoke_key(key_id)
+    out.print(f"key {key_id} revoked", markup=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    ingest_root: Annotated[list[Path] | None, typer.Option(help="server-side folder the API may ingest from")] = None,
+) -> None:
+    """Serve the REST API (/v1, OpenAPI at /docs) and the web page (/) over the data folder."""
+    import uvicorn
+
+    from .server.app import create_app
+
+    settings = state.settings
+    if ingest_root:
+        settings = settings.model_copy(update={"ingest_roots": [p.resolve() for p in ingest_root]})
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
 def main() -> None:

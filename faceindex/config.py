@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="use exact search below this many faces, IVF above"
     )
     nprobe: int = Field(default=48, ge=1, description="IVF lists visited per query")
+    max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
+    rate_limit: int = Field(default=120, ge=1, description="requests per minute per API key (server)")
+    ingest_roots: list[Path] = Field(
+        default_factory=list, description="server-side folders the server may ingest from (none by default)")
     actor: str = Field(default_factory=lambda: _user(), min_length=1, description="who is acting (audit trail)")
     role: Literal["owner", "admin", "investigator", "auditor", "privacy-officer"] = Field(
         default="owner", description="the actor's role; the local operator owns the data folder")

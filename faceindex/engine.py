@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import hmac
 import io
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +80,13 @@ class FaceIndex:
     def _allow(self, permission: str) -> None:
         policies.check_permission(self.settings.role, permission)
 
+    def allow_any(self, *permissions: str) -> None:
+        """AccessDenied unless the actor's role has at least one of `permissions`."""
+        from .errors import AccessDenied
+
+        if not any(p in policies.PERMISSIONS.get(self.settings.role, ()) for p in permissions):
+            raise AccessDenied(f"role {self.settings.role!r} may not do this")
+
     def _record(self, action: str, purpose: str | None = None, case: str | None = None,
                 details: dict | None = None):
         """Append one audit record for the current actor."""
@@ -101,14 +112,34 @@ class FaceIndex:
 
     @property
     def index(self) -> FaissIndex:
-        """The vector index, loaded once and repaired from the catalog when they disagree."""
+        """The vector index, loaded once and repaired from the catalog when they disagree.
+
+        When another process (or a background ingest) changed the catalog, the in-memory index is reconciled
+        with it by id sets rather than reloaded.
+        """
         with self._lock:
-            if self._index is None or self._index_gen != self.catalog.generation:
+            gen = self.catalog.generation
+            if self._index is None:
                 self._index = self._load_index()
+            elif self._index_gen != gen:
+                self._reconcile(self._index)
+                self._index = self._maybe_reshape(self._index, {"trained_n": self._trained_n or self._index.count})
+                self._index_gen = gen
             return self._index
 
     def _meta_path(self) -> Path:
         return self.data / INDEX_META
+
+    def _reconcile(self, index: FaissIndex) -> tuple[int, int]:
+        """Make the index hold exactly the catalog's faces; returns (added, removed)."""
+        cat_ids = self.catalog.face_ids()
+        idx_ids = index.ids()
+        missing = np.setdiff1d(cat_ids, idx_ids, assume_unique=True)
+        extra = np.setdiff1d(idx_ids, cat_ids, assume_unique=True)
+        index.remove(extra)
+        for ids, vecs in self.catalog.embeddings(missing.tolist(), dim=self.spec.dim):
+            index.add(ids, vecs)
+        return len(missing), len(extra)
 
     def _load_index(self) -> FaissIndex:
         gen = self.catalog.generation
@@ -127,14 +158,7 @@ class FaceIndex:
             index = self._rebuild()
             self.repaired = (index.count, 0)
         else:
-            cat_ids = self.catalog.face_ids()
-            idx_ids = index.ids()
-            missing = np.setdiff1d(cat_ids, idx_ids, assume_unique=True)
-            extra = np.setdiff1d(idx_ids, cat_ids, assume_unique=True)
-            index.remove(extra)
-            for ids, vecs in self.catalog.embeddings(missing.tolist(), dim=self.spec.dim):
-                index.add(ids, vecs)
-            self.repaired = (len(missing), len(extra))
+            self.repaired = self._reconcile(index)
         index = self._maybe_reshape(index, meta)
         self._save_index(index, gen, meta.get("trained_n", 0) if index.kind == "ivf" else 0)
         return index
@@ -225,7 +249,7 @@ class FaceIndex:
 
     # --- add / remove --------------------------------------------------------------------------------------------
     def add(self, paths: list[str | os.PathLike], source: str = "default", *, workers: int | None = None,
-            progress: Progress | None = None) -> AddReport:
+            progress: Progress | None = None, within: list[Path] | None = None) -> AddReport:
         """Index every face of every image under `paths` (files or folders, recursively).
 
         Unchanged files are skipped, files whose content is already indexed (moved or copied) keep their faces,
@@ -249,6 +273,11 @@ class FaceIndex:
             found, problems = images.iter_image_files(Path(root))
             files += found
             report.errors += [FileError(str(p), why) for p, why in problems]
+        if within is not None:  # server-side ingest: nothing outside the allowed roots, symlinks included
+            roots = [os.path.realpath(r) for r in within]
+            inside = [f for f in files if _is_within(os.path.realpath(f), roots)]
+            report.errors += [FileError(str(f), "outside the allowed ingest roots") for f in files if f not in inside]
+            files = inside
         report.files_seen = len(files)
         emit("scan", {"files": len(files)})
 
@@ -376,16 +405,17 @@ class FaceIndex:
         return n if include_low_quality else n - len(self.catalog.low_quality_ids(self.settings.min_quality))
 
     def search(self, image: ImageInput, top: int = 10, *, purpose: str | None = None, case: str | None = None,
-               largest: bool = False, include_low_quality: bool = False) -> list[ProbeResult]:
+               largest: bool = False, face: int | None = None,
+               include_low_quality: bool = False) -> list[ProbeResult]:
         """Candidate leads for each face of a probe image (or only the largest), best first. Audited."""
         self._allow("search")
         self.policy.check_purpose(purpose, case)
         if top < 1:
             raise ValueError("top must be at least 1")
         sha = self._probe_sha(image)
-        params = {"top": top, "largest": largest, "include_low_quality": include_low_quality}
+        params = {"top": top, "largest": largest, "face": face, "include_low_quality": include_low_quality}
         try:
-            probe_faces = self._probe_faces(image, largest)
+            probe_faces = self._probe_faces(image, largest, face)
         except NoFaceError:
             self._record("search", purpose, case, {"probe_sha256": sha, **params, "faces": 0, "results": [],
                                                     "gallery": self._gallery_state()})
@@ -479,6 +509,7 @@ class FaceIndex:
 
     def people(self, limit: int | None = None, min_faces: int = 1) -> list[Person]:
         """People by size, largest first."""
+        self._allow("people")
         out = []
         for pid, name, n_faces, n_images in self.catalog.people(limit):
             if n_faces >= min_faces:
@@ -486,6 +517,7 @@ class FaceIndex:
         return out
 
     def person(self, person_id: int) -> tuple[Person, list[FaceRecord]]:
+        self._allow("people")
         name, faces = self.catalog.person(person_id)
         return Person(person_id, name, len(faces), len({f.image_id for f in faces}),
                       tuple(f.id for f in faces[:8])), faces
@@ -685,6 +717,64 @@ class FaceIndex:
                                                    "impostor_pairs": cal.impostor_pairs})
         return result
 
+    # --- API keys, actors, two-person confirmation -------------------------------------------------------------
+    def create_key(self, name: str, role: str) -> tuple[int, str]:
+        """A new API key for `role`; returns (id, token). Only the token's hash is stored: show it once."""
+        self._allow("keys")
+        if role not in policies.PERMISSIONS or role == "owner":
+            raise ValueError(f"unknown role {role!r}; one of: admin, investigator, auditor, privacy-officer")
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        prefix = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        key_id = self.catalog.add_key(name.strip(), role, prefix, _sha256(secret), self.settings.actor)
+        self._record("key.create", details={"key_id": key_id, "name": name, "role": role, "prefix": prefix})
+        return key_id, f"fi_{prefix}_{secret}"
+
+    def api_keys(self) -> list[dict]:
+        self._allow("keys")
+        return self.catalog.keys()
+
+    def revoke_key(self, key_id: int) -> None:
+        self._allow("keys")
+        self.catalog.revoke_key(key_id)
+        self._record("key.revoke", details={"key_id": key_id})
+
+    def authenticate(self, token: str) -> dict:
+        """The key behind a token ({id, name, role}); AccessDenied for unknown, malformed or revoked keys."""
+        from .errors import AccessDenied
+
+        parts = (token or "").split("_", 2)
+        if len(parts) != 3 or parts[0] != "fi":
+            raise AccessDenied("invalid API key")
+        row = self.catalog.key_by_prefix(parts[1])
+        if row is None or not hmac.compare_digest(row[3], _sha256(parts[2])):
+            raise AccessDenied("invalid API key")
+        if row[4] is not None:
+            raise AccessDenied("this API key has been revoked")
+        return {"id": row[0], "name": row[1], "role": row[2]}
+
+    def acting_as(self, actor: str, role: str) -> FaceIndex:
+        """A view of this index that acts (and is audited) as another actor and role; shares every component."""
+        view = copy.copy(self)
+        view.settings = self.settings.model_copy(update={"actor": actor, "role": role})
+        return view
+
+    def confirm(self, case: str, face_id: int) -> dict:
+        """Confirm a candidate for a case. It counts as confirmed only once two different investigators have."""
+        self._allow("search")
+        case = _reference(case)
+        self.catalog.face_record(face_id)  # must exist
+        actors = self.catalog.add_confirmation(case, face_id, self.settings.actor)
+        status = _confirmation_status(actors)
+        self._record("confirm", case=case, details={"face_id": face_id, "confirmed_by": actors, "status": status})
+        return {"case": case, "face_id": face_id, "confirmed_by": actors, "status": status}
+
+    def confirmations(self, case: str) -> dict[int, dict]:
+        self._allow("search")
+        return {fid: {"confirmed_by": a, "status": _confirmation_status(a)}
+                for fid, a in self.catalog.confirmations(_reference(case)).items()}
+
     # --- audit --------------------------------------------------------------------------------------------------
     def audit_verify(self, expected_head: tuple[int, str] | None = None):
         self._allow("audit")
@@ -693,6 +783,52 @@ class FaceIndex:
     def audit_show(self, **filters):
         self._allow("audit")
         return self.audit.query(**filters)
+
+    def merge_people(self, person_ids: list[int]) -> Person:
+        """Merge people into the first one given (its name wins, else the first name found). Refused when two
+        of them appear in one photo: a photo never shows the same person twice."""
+        self._allow("people")
+        ids = list(dict.fromkeys(person_ids))
+        if len(ids) < 2:
+            raise ValueError("give at least two different people to merge")
+        names = {}
+        for pid in ids:
+            names[pid], _ = self.catalog.person(pid)  # NotFoundError for unknown ids
+        rows = self.catalog.person_face_images(ids)
+        seen: dict[int, int] = {}
+        for pid, _fid, image_id in rows:
+            if seen.setdefault(image_id, pid) != pid:
+                raise PolicyError(f"people {seen[image_id]} and {pid} both appear in image {image_id}: "
+                                  "they cannot be one person")
+        target = ids[0]
+        self.catalog.move_faces([fid for pid, fid, _ in rows if pid != target], target)
+        if names[target] is None:
+            name = next((n for n in names.values() if n), None)
+            if name:
+                self.catalog.name_person(target, name)
+        self._record("people.merge", details={"into": target, "merged": ids[1:]})
+        return self.person(target)[0]
+
+    def split_person(self, person_id: int, face_ids: list[int]) -> Person:
+        """Move some faces of a person into a new person; returns the new person."""
+        self._allow("people")
+        _, faces = self.catalog.person(person_id)
+        own = {f.id for f in faces}
+        stray = [f for f in face_ids if f not in own]
+        if stray:
+            raise ValueError(f"faces {stray[:5]} do not belong to person {person_id}")
+        if set(face_ids) >= own:
+            raise ValueError("a split must leave at least one face with the person")
+        new = self.catalog.move_faces(list(dict.fromkeys(face_ids)))
+        self._record("people.split", details={"from": person_id, "to": new, "face_ids": face_ids})
+        return self.person(new)[0]
+
+    def delete_face(self, face_id: int) -> None:
+        """Delete one face (the image stays, with its other faces). Audited."""
+        self._allow("delete")
+        self.catalog.face_record(face_id)
+        self._delete_faces([face_id])
+        self._record("delete", details={"face_ids": [face_id], "gallery": self._gallery_state()})
 
     # --- crops and stats ---------------------------------------------------------------------------------------
     def face_crop(self, face_id: int, size: int = 160, margin: float = 0.3) -> bytes:
@@ -703,6 +839,25 @@ class FaceIndex:
         except ImageError as e:
             raise NotFoundError(f"source image of face {face_id} is not readable: {rec.path}: {e}") from e
         return crop_jpeg(pixels, rec.box, size, margin)
+
+    def face_in_image(self, face_id: int, max_side: int = 1600) -> bytes:
+        """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG)."""
+        from PIL import ImageDraw
+
+        rec = self.catalog.face_record(face_id)
+        try:
+            pixels = self._pixels(rec.path)
+        except ImageError as e:
+            raise NotFoundError(f"source image of face {face_id} is not readable: {e}") from e
+        img = Image.fromarray(pixels)
+        scale = min(1.0, max_side / max(img.size))
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+        b = [round(v * scale) for v in rec.box.as_list()]
+        ImageDraw.Draw(img).rectangle(b, outline=(255, 196, 0), width=max(2, round(3 * max(img.size) / 800)))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=88)
+        return buf.getvalue()
 
     def stats(self) -> dict:
         counts = self.catalog.counts()
@@ -742,6 +897,18 @@ def _matches_any(vecs: np.ndarray, templates: np.ndarray, threshold: float) -> n
     if not len(templates) or not len(vecs):
         return np.zeros(len(vecs), dtype=bool)
     return (np.asarray(vecs, np.float32) @ templates.T).max(axis=1) >= threshold
+
+
+def _is_within(path: str, roots: list[str]) -> bool:
+    return any(os.path.commonpath([path, r]) == r for r in roots)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _confirmation_status(actors: list[str]) -> str:
+    return "confirmed" if len(set(actors)) >= 2 else f"awaiting second confirmation ({len(set(actors))} of 2)"
 
 
 def _reference(ref: str) -> str:

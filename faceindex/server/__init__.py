@@ -1,0 +1,1 @@
+"""faceindex server: FastAPI app over one data folder, and its web page."""

@@ -1,0 +1,558 @@
+"""The HTTP API (/v1) and the web page (/) over one data folder.
+
+`create_app(settings)` builds the app. Every endpoint but /healthz needs an API key (Authorization: Bearer or
+X-API-Key); the key's role decides what it may do and its name is the actor in the audit trail. Errors are JSON
+`{"error": {"code", "message"}}` with one mapping from the engine's exceptions to HTTP statuses, never a trace.
+"""
+
+
+import contextlib
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import Settings
+from ..engine import FaceIndex
+from ..errors import (
+    AccessDenied,
+    CatalogError,
+    EvaluationError,
+    FaceIndexError,
+    ImageError,
+    ModelError,
+    NoFaceError,
+    NotFoundError,
+    PolicyError,
+)
+from . import schemas as S
+
+log = logging.getLogger("faceindex.server")
+STATIC = Path(__file__).parent / "static"
+NOTICE = ("Results are candidate leads for a person to review, never identifications. FMR is the share of "
+          "different-person pairs scoring as high; expected false candidates = FMR x gallery size.")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# One place that maps engine errors to HTTP statuses.
+ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
+    (AccessDenied, 403, "forbidden"),
+    (PolicyError, 403, "policy"),
+    (NoFaceError, 422, "no_face"),
+    (ImageError, 422, "bad_image"),
+    (EvaluationError, 422, "bad_data"),
+    (NotFoundError, 404, "not_found"),
+    (ModelError, 500, "model_error"),
+    (CatalogError, 500, "catalog_error"),
+    (FaceIndexError, 400, "error"),
+    (ValueError, 400, "bad_request"),
+]
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@dataclass
+class Principal:
+    key_id: int
+    name: str
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.name} (key {self.key_id})"
+
+
+class RateLimiter:
+    """A token bucket per API key: `per_minute` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.buckets: dict[int, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, key: int) -> float:
+        """0 when allowed, else seconds until a request would be."""
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self.buckets[key] = (tokens - 1, now)
+                return 0.0
+            self.buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: str = "queued"
+    total: int | None = None
+    done: int = 0
+    faces: int = 0
+    errors: int = 0
+    result: dict | None = None
+    error: str | None = None
+    owner: int = 0
+    started: float = field(default_factory=time.time)
+
+    def out(self) -> S.JobOut:
+        return S.JobOut(id=self.id, kind=self.kind, state=self.state, total=self.total, done=self.done,
+                        faces=self.faces, errors=self.errors, result=self.result, error=self.error)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The faceindex API and web page over `settings.data`."""
+    engine = FaceIndex(settings)
+    lock = threading.RLock()  # the engine's catalog connection and index are used by one request at a time
+    limiter = RateLimiter(settings.rate_limit)
+    jobs: dict[str, Job] = {}
+    registry = CollectorRegistry()
+    m_requests = Counter("faceindex_http_requests", "HTTP requests", ["method", "route", "status"],
+                         registry=registry)
+    m_latency = Histogram("faceindex_http_request_seconds", "HTTP request latency", ["route"], registry=registry,
+                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+    m_faces = Gauge("faceindex_faces", "faces in the catalog", registry=registry)
+    m_searches = Counter("faceindex_searches", "searches served", registry=registry)
+
+    app = FastAPI(title="faceindex", version=__version__,
+                  description="Accountable face search. " + NOTICE, docs_url="/docs", redoc_url=None)
+    bearer = HTTPBearer(auto_error=False, description="API key from `faceindex keys create`")
+
+    # --- errors ----------------------------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, e: ApiError):
+        return _error(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_r: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}".strip(": "))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error(e.status_code, code, str(e.detail))
+
+    async def _mapped(_r: Request, e: Exception):
+        for kind, status, code in ERROR_STATUS:
+            if isinstance(e, kind):
+                if status >= 500:
+                    log.error("%s: %s", type(e).__name__, e)
+                return _error(status, code, str(e))
+        return _error(500, "internal", "internal error")
+
+    for kind, _status, _code in ERROR_STATUS:
+        app.add_exception_handler(kind, _mapped)
+
+    @app.exception_handler(Exception)
+    async def _any(_r: Request, e: Exception):
+        log.exception("internal error")  # details stay in the server log, never in the response
+        return _error(500, "internal", "internal error")
+
+    # --- middleware: size limit and metrics ------------------------------------------------------------------
+    max_body = settings.max_upload_bytes * 4 + 1_000_000
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable):
+        t = time.perf_counter()
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None and "multipart" in request.headers.get("content-type", ""):
+                return _error(411, "length_required", "uploads need a Content-Length")
+            if length is not None and (not length.isdigit() or int(length) > max_body):
+                return _error(413, "too_large", f"request larger than {max_body} bytes")
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "static")
+        m_requests.labels(request.method, name, str(response.status_code)).inc()
+        m_latency.labels(name).observe(time.perf_counter() - t)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    # --- auth ------------------------------------------------------------------------------------------------
+    def principal(request: Request,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
+        token = creds.credentials if creds else request.headers.get("x-api-key", "")
+        if not token:
+            raise ApiError(401, "unauthorized", "an API key is required", {"WWW-Authenticate": "Bearer"})
+        try:
+            with lock:
+                key = engine.authenticate(token)
+        except AccessDenied as e:
+            raise ApiError(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}) from e
+        wait = limiter.take(key["id"])
+        if wait:
+            raise ApiError(429, "rate_limited", "too many requests for this key",
+                           {"Retry-After": str(max(1, math.ceil(wait)))})
+        return Principal(key["id"], key["name"], key["role"])
+
+    Who = Annotated[Principal, Depends(principal)]
+
+    def as_(p: Principal) -> FaceIndex:
+        return engine.acting_as(p.actor, p.role)
+
+    async def read_image(upload: UploadFile) -> bytes:
+        ctype = (upload.content_type or "").lower()
+        if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+            raise ApiError(415, "unsupported_media_type",
+                           f"{upload.filename or 'upload'}: expected an image, got {ctype or 'no type'}")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, "too_large",
+                           f"{upload.filename or 'upload'} is larger than {settings.max_upload_bytes} bytes")
+        if not data:
+            raise ApiError(422, "bad_image", f"{upload.filename or 'upload'} is empty")
+        return data
+
+    # --- health, metrics, stats ------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=S.Health, tags=["system"])
+    def healthz() -> S.Health:
+        with lock:
+            return S.Health(status="ok", faces=engine.catalog.face_count())
+
+    @app.get("/metrics", tags=["system"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(p: Who) -> Response:
+        as_(p).allow_any("audit", "keys")
+        with lock:
+            m_faces.set(engine.catalog.face_count())
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/stats", tags=["system"])
+    def stats(p: Who) -> dict:
+        with lock:
+            s = as_(p).stats()
+        s.pop("data", None)  # no server paths to clients
+        return s
+
+    @app.get("/v1/me", tags=["system"])
+    def me(p: Who) -> dict:
+        from ..policy import PERMISSIONS
+
+        return {"name": p.name, "role": p.role, "key_id": p.key_id, "permissions": sorted(PERMISSIONS[p.role])}
+
+    # --- search, verify, faces -------------------------------------------------------------------------------
+    def face_out(f) -> S.FaceOut:
+        return S.FaceOut(index=f.index, box=f.box.as_list(), quality=f.quality.as_dict())
+
+    @app.post("/v1/detect", response_model=list[S.FaceOut], tags=["search"])
+    async def detect(p: Who, image: Annotated[UploadFile, File()]) -> list[S.FaceOut]:
+        """Faces found in an image (to pick one before searching). Nothing is stored."""
+        data = await read_image(image)
+        fi = as_(p)
+        fi.allow_any("search", "privacy")
+        with lock:
+            return [face_out(f) for f in fi.faces(data)]
+
+    @app.post("/v1/search", response_model=S.SearchOut, tags=["search"])
+    async def search(p: Who, probe: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+                     case: Annotated[str, Form()], top: Annotated[int, Form(ge=1, le=200)] = 10,
+                     face: Annotated[int | None, Form(ge=0)] = None,
+                     largest: Annotated[bool, Form()] = False) -> S.SearchOut:
+        """Candidate leads for the faces of a probe photo (or one face of it). Audited; the probe is not kept."""
+        data = await read_image(probe)
+        fi = as_(p)
+        with lock:
+            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None,
+                                face=face)
+            confirmed = fi.confirmations(case) if _safe_ref(case) else {}
+        m_searches.inc()
+        out = []
+        for r in results:
+            cands = []
+            for m in r.matches:
+                c = confirmed.get(m.face_id, {"confirmed_by": [], "status": "unconfirmed"})
+                cands.append(S.Candidate(
+                    rank=m.rank, face_id=m.face_id, similarity=round(m.similarity, 5), fmr=m.fmr,
+                    expected_false=m.expected_false, label=m.label, image_id=m.image_id, path=Path(m.path).name,
+                    source=m.source, box=m.box.as_list(), person_id=m.person_id, person_name=m.person_name,
+                    confirmed_by=c["confirmed_by"], confirmation=c["status"]))
+            out.append(S.ProbeOut(face=face_out(r.face), gallery_size=r.gallery_size,
+                                  expected_false_candidates=r.expected_false_candidates, candidates=cands))
+        return S.SearchOut(notice=NOTICE, purpose=purpose, case=case, results=out)
+
+    @app.post("/v1/verify", response_model=S.VerifyOut, tags=["search"])
+    async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
+                     purpose: Annotated[str, Form()], case: Annotated[str, Form()]) -> S.VerifyOut:
+        da, db = await read_image(a), await read_image(b)
+        with lock:
+            v = as_(p).verify(da, db, purpose=purpose, case=case)
+        return S.VerifyOut(similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
+                           same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
+
+    @app.post("/v1/confirmations", response_model=S.ConfirmOut, tags=["search"])
+    def confirm(p: Who, body: S.ConfirmIn) -> S.ConfirmOut:
+        """Confirm a candidate for a case: it shows as confirmed only after a second, different investigator."""
+        with lock:
+            return S.ConfirmOut(**as_(p).confirm(body.case, body.face_id))
+
+    @app.get("/v1/confirmations", tags=["search"])
+    def confirmations(p: Who, case: Annotated[str, Query(min_length=1, max_length=100)]) -> dict:
+        with lock:
+            return {str(k): v for k, v in as_(p).confirmations(case).items()}
+
+    @app.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def face_crop(p: Who, face_id: int, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+        fi = as_(p)
+        fi.allow_any("search", "people", "privacy")
+        with lock:
+            data = fi.face_crop(face_id, size=size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/v1/faces/{face_id}/image", tags=["faces"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def face_image(p: Who, face_id: int) -> Response:
+        """The face's source image with the face outlined."""
+        fi = as_(p)
+        fi.allow_any("search", "people", "privacy")
+        with lock:
+            data = fi.face_in_image(face_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.delete("/v1/faces/{face_id}", status_code=204, tags=["faces"])
+    def delete_face(p: Who, face_id: int) -> Response:
+        with lock:
+            as_(p).delete_face(face_id)
+        return Response(status_code=204)
+
+    # --- people ----------------------------------------------------------------------------------------------
+    def person_out(x) -> S.PersonOut:
+        return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count)
+
+    @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
+    def people(p: Who, min_faces: Annotated[int, Query(ge=1)] = 2,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[S.PersonOut]:
+        with lock:
+            return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces)[:limit]]
+
+    @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
+    def cluster(p: Who) -> list[S.PersonOut]:
+        with lock:
+            return [person_out(x) for x in as_(p).cluster()[:100]]
+
+    @app.get("/v1/people/{person_id}", response_model=S.PersonDetail, tags=["people"])
+    def person(p: Who, person_id: int) -> S.PersonDetail:
+        with lock:
+            x, faces = as_(p).person(person_id)
+        return S.PersonDetail(**person_out(x).model_dump(), face_list=[
+            S.PersonFace(face_id=f.id, path=Path(f.path).name, source=f.source, box=f.box.as_list(),
+                         quality=round(f.quality, 3)) for f in faces])
+
+    @app.put("/v1/people/{person_id}/name", response_model=S.PersonOut, tags=["people"])
+    def name(p: Who, person_id: int, body: S.NameIn) -> S.PersonOut:
+        with lock:
+            fi = as_(p)
+            fi.name_person(person_id, body.name)
+            return person_out(fi.person(person_id)[0])
+
+    @app.post("/v1/people/merge", response_model=S.PersonOut, tags=["people"])
+    def merge(p: Who, body: S.MergeIn) -> S.PersonOut:
+        with lock:
+            return person_out(as_(p).merge_people(body.person_ids))
+
+    @app.post("/v1/people/{person_id}/split", response_model=S.PersonOut, tags=["people"])
+    def split(p: Who, person_id: int, body: S.SplitIn) -> S.PersonOut:
+        with lock:
+            return person_out(as_(p).split_person(person_id, body.face_ids))
+
+    # --- sources and ingest ------------------------------------------------------------------------------------
+    @app.get("/v1/sources", tags=["ingest"])
+    def sources(p: Who) -> list[dict]:
+        fi = as_(p)
+        fi.allow_any("ingest", "privacy", "audit")
+        with lock:
+            return [{k: v for k, v in s.items() if k != "id"} for s in fi.sources()]
+
+    @app.post("/v1/sources", tags=["ingest"])
+    def put_source(p: Who, body: S.SourceIn) -> dict:
+        with lock:
+            s = as_(p).set_source(body.name, body.basis, body.retention_days, body.notice)
+        return {k: v for k, v in s.items() if k != "id"}
+
+    def start_job(p: Principal, kind: str, work: Callable[[FaceIndex, Job], dict]) -> S.JobOut:
+        job = Job(id=uuid.uuid4().hex, kind=kind, owner=p.key_id)
+        jobs[job.id] = job
+
+        def run() -> None:
+            job.state = "running"
+            try:
+                with FaceIndex(settings) as own:  # its own catalog connection: searches keep being served
+                    job.result = work(own.acting_as(p.actor, p.role), job)
+                job.state = "done"
+            except FaceIndexError as e:
+                job.state, job.error = "failed", str(e)
+            except Exception:
+                log.exception("job %s failed", job.id)
+                job.state, job.error = "failed", "internal error"
+
+        threading.Thread(target=run, name=f"job-{job.id[:8]}", daemon=True).start()
+        return job.out()
+
+    def progress_of(job: Job) -> Callable[[str, dict], None]:
+        def on(event: str, info: dict) -> None:
+            if event == "scan":
+                job.total = info["files"]
+            elif event == "file":
+                job.done += 1
+                job.faces += info.get("faces", 0)
+                job.errors += 1 if info.get("error") else 0
+        return on
+
+    @app.post("/v1/ingest/upload", response_model=S.JobOut, status_code=202, tags=["ingest"])
+    async def ingest_upload(p: Who, files: Annotated[list[UploadFile], File()],
+                            source: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")]
+                            ) -> S.JobOut:
+        """Store uploaded photos in the data folder's uploads/ and index them in a background job."""
+        as_(p).allow_any("ingest")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+        folder = settings.resolved_data() / "uploads" / (_slug(source) or "source") / stamp
+        blobs = [(await read_image(f), f.filename or "upload") for f in files]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (data, fname) in enumerate(blobs):
+            (folder / f"{i:05d}-{_slug(Path(fname).name)[:80] or 'image'}").write_bytes(data)
+        return start_job(p, "ingest", lambda fi, job: fi.add([folder], source, progress=progress_of(job)).as_dict())
+
+    @app.post("/v1/ingest/path", response_model=S.JobOut, status_code=202, tags=["ingest"])
+    def ingest_path(p: Who, body: S.PathIngestIn) -> S.JobOut:
+        """Index a server-side folder, which must lie under one of the configured ingest roots."""
+        as_(p).allow_any("ingest")
+        roots = [os.path.realpath(r) for r in settings.ingest_roots]
+        real = os.path.realpath(body.path)
+        if not roots or not any(os.path.commonpath([real, r]) == r for r in roots):
+            raise ApiError(403, "path_not_allowed", "path is outside the allowed ingest roots")
+        if not os.path.exists(real):
+            raise ApiError(404, "not_found", "no such path")
+        return start_job(p, "ingest", lambda fi, job: fi.add(
+            [real], body.source, progress=progress_of(job), within=[Path(r) for r in roots]).as_dict())
+
+    @app.get("/v1/jobs/{job_id}", response_model=S.JobOut, tags=["ingest"])
+    def job(p: Who, job_id: str) -> S.JobOut:
+        j = jobs.get(job_id)
+        if j is None or (j.owner != p.key_id and p.role != "admin"):
+            raise ApiError(404, "not_found", "no such job")
+        return j.out()
+
+    # --- privacy ---------------------------------------------------------------------------------------------
+    @app.post("/v1/optouts", tags=["privacy"])
+    async def optout_add(p: Who, photos: Annotated[list[UploadFile], File()],
+                         reference: Annotated[str, Form()]) -> dict:
+        blobs = [await read_image(f) for f in photos]
+        with lock:
+            return as_(p).optout_add(blobs, reference)
+
+    @app.get("/v1/optouts", tags=["privacy"])
+    def optouts(p: Who) -> list[dict]:
+        with lock:
+            return as_(p).optouts()
+
+    @app.delete("/v1/optouts/{reference}", status_code=204, tags=["privacy"])
+    def optout_remove(p: Who, reference: str) -> Response:
+        with lock:
+            as_(p).optout_remove(reference)
+        return Response(status_code=204)
+
+    @app.post("/v1/access", tags=["privacy"])
+    async def access(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()],
+                     format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+        blobs = [await read_image(f) for f in photos]
+        with lock:
+            fi = as_(p)
+            report = fi.access(blobs, reference)
+            if format == "html":
+                from ..report import access_html
+
+                thumbs = {}
+                for f in report["faces"]:
+                    with contextlib.suppress(FaceIndexError):
+                        thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96)
+                return HTMLResponse(access_html(report, thumbs))
+        return report
+
+    @app.post("/v1/erase", tags=["privacy"])
+    async def erase(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()]) -> dict:
+        blobs = [await read_image(f) for f in photos]
+        with lock:
+            return as_(p).erase(blobs, reference)
+
+    # --- audit and keys ----------------------------------------------------------------------------------------
+    @app.get("/v1/audit", tags=["audit"])
+    def audit(p: Who, case: str | None = None, actor: str | None = None, action: str | None = None,
+              since: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+        with lock:
+            rows = as_(p).audit_show(case_ref=case, actor=actor, action=action, since=since, limit=limit,
+                                     newest_first=True)
+        return [r.as_dict() for r in rows]
+
+    @app.get("/v1/audit/verify", response_model=S.AuditVerifyOut, tags=["audit"])
+    def audit_verify(p: Who) -> S.AuditVerifyOut:
+        with lock:
+            res = as_(p).audit_verify()
+            seq, digest = engine.audit.head()
+        return S.AuditVerifyOut(ok=res.ok, records=res.records_checked, first_bad_seq=res.first_bad_seq,
+                                problem=res.problem, head=f"{seq}:{digest}")
+
+    @app.get("/v1/keys", response_model=list[S.KeyOut], tags=["keys"])
+    def keys(p: Who) -> list[S.KeyOut]:
+        with lock:
+            return [S.KeyOut(**{k: v for k, v in x.items() if k in S.KeyOut.model_fields}) for x in as_(p).api_keys()]
+
+    @app.post("/v1/keys", response_model=S.KeyCreated, status_code=201, tags=["keys"])
+    def create_key(p: Who, body: S.KeyIn) -> S.KeyCreated:
+        with lock:
+            fi = as_(p)
+            key_id, token = fi.create_key(body.name, body.role)
+            row = next(x for x in fi.api_keys() if x["id"] == key_id)
+        return S.KeyCreated(**{k: v for k, v in row.items() if k in S.KeyOut.model_fields}, token=token)
+
+    @app.delete("/v1/keys/{key_id}", status_code=204, tags=["keys"])
+    def revoke_key(p: Who, key_id: int) -> Response:
+        with lock:
+            as_(p).revoke_key(key_id)
+        return Response(status_code=204)
+
+    # --- the web page ------------------------------------------------------------------------------------------
+    if STATIC.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
+
+    app.state.engine = engine
+    app.state.jobs = jobs
+    return app
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.\-]+", "_", text).strip("._")
+
+
+def _safe_ref(ref: str) -> bool:
+    return bool(re.fullmatch(r"[\w\-.:]{1,100}", ref or "")) and not ref.startswith(".")

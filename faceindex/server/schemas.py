@@ -1,0 +1,158 @@
+"""Request and response models of the HTTP API (kept apart from the engine's dataclasses)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    faces: int
+
+
+class FaceOut(BaseModel):
+    index: int
+    box: list[int]
+    quality: dict[str, float]
+
+
+class Candidate(BaseModel):
+    rank: int
+    face_id: int
+    similarity: float
+    fmr: float
+    expected_false: float
+    label: str
+    image_id: int
+    path: str
+    source: str
+    box: list[int]
+    person_id: int | None
+    person_name: str | None
+    confirmed_by: list[str] = []
+    confirmation: str = "unconfirmed"
+
+
+class ProbeOut(BaseModel):
+    face: FaceOut
+    gallery_size: int
+    expected_false_candidates: float
+    candidates: list[Candidate]
+
+
+class SearchOut(BaseModel):
+    notice: str
+    purpose: str
+    case: str
+    results: list[ProbeOut]
+
+
+class VerifyOut(BaseModel):
+    similarity: float
+    fmr: float
+    decision: str
+    same_person_candidate: bool
+    face_a: FaceOut
+    face_b: FaceOut
+
+
+class PersonOut(BaseModel):
+    id: int
+    name: str | None
+    faces: int
+    images: int
+
+
+class PersonFace(BaseModel):
+    face_id: int
+    path: str
+    source: str
+    box: list[int]
+    quality: float
+
+
+class PersonDetail(PersonOut):
+    face_list: list[PersonFace]
+
+
+class NameIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class MergeIn(BaseModel):
+    person_ids: list[int] = Field(min_length=2, max_length=1000)
+
+
+class SplitIn(BaseModel):
+    face_ids: list[int] = Field(min_length=1, max_length=10_000)
+
+
+class SourceIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")
+    basis: str | None = None
+    retention_days: int | None = Field(default=None, ge=0)
+    notice: str | None = Field(default=None, max_length=2000)
+
+
+class PathIngestIn(BaseModel):
+    path: str = Field(min_length=1, max_length=4096)
+    source: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    state: str  # queued | running | done | failed
+    total: int | None
+    done: int
+    faces: int
+    errors: int
+    result: dict | None = None
+    error: str | None = None
+
+
+class ConfirmIn(BaseModel):
+    case: str = Field(min_length=1, max_length=100)
+    face_id: int
+
+
+class ConfirmOut(BaseModel):
+    case: str
+    face_id: int
+    confirmed_by: list[str]
+    status: str
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: str
+
+
+class KeyCreated(KeyOut):
+    token: str
+
+
+class AuditVerifyOut(BaseModel):
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    problem: str | None
+    head: str
