@@ -44,8 +44,29 @@ MIN_CALIBRATION_PAIRS = 100_000  # an installed table must resolve FMRs well bel
 CLUSTER_FMR = 1e-4  # edges of the people graph: pairs at least this unlikely to be different people
 
 
+class _Shared:
+    """An attribute kept on the root FaceIndex, so that `acting_as` views see and make the same changes."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = "_shared_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj._root.__dict__[self.key]
+
+    def __set__(self, obj, value) -> None:
+        obj._root.__dict__[self.key] = value
+
+
 class FaceIndex:
     """A face index in one data folder: add images, search and verify faces, group them into people."""
+
+    policy = _Shared()
+    calibration = _Shared()
+    repaired = _Shared()
+    _pipeline = _Shared()
+    _index = _Shared()
+    _index_gen = _Shared()
+    _trained_n = _Shared()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -53,12 +74,14 @@ class FaceIndex:
         self.data.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.data / CATALOG_FILE)
         self.spec = RESNET_SPEC
+        self._root = self  # views made by acting_as share the state below through _Shared attributes
         self.calibration = calib.load(self.spec.calibration, self.data / "calibration.json")
-        self._pipeline: FacePipeline | None = None
-        self._index: FaissIndex | None = None
+        self._pipeline = None
+        self._index = None
         self._index_gen = -1
+        self._trained_n = 0
         self._lock = threading.RLock()
-        self.repaired: tuple[int, int] | None = None  # (added, removed) by the last index repair
+        self.repaired = None  # (added, removed) by the last index repair
         self.audit = AuditLog(self.data / AUDIT_FILE)
         self.policy, sha = policies.load(self.data)
         if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
@@ -173,8 +196,6 @@ class FaceIndex:
             self._save_index(index, self.catalog.generation, self._trained_n)
         self._index_gen = self.catalog.generation
         return index
-
-    _trained_n = 0
 
     def _rebuild(self) -> FaissIndex:
         """Build the vector index from the catalog's embeddings."""
