@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS optouts (
     receipt TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
+CREATE INDEX IF NOT EXISTS faces_quality ON faces(quality);
 """
 
 

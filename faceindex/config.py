@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     exact_threshold: int = Field(
         default=100_000, ge=1, description="use exact search below this many faces, IVF above"
     )
-    nprobe: int = Field(default=48, ge=1, description="IVF lists visited per query")
+    nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
     rate_limit: int = Field(default=120, ge=1, description="requests per minute per API key (server)")
     ingest_roots: list[Path] = Field(

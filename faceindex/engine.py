@@ -67,6 +67,7 @@ class FaceIndex:
     _index = _Shared()
     _index_gen = _Shared()
     _trained_n = _Shared()
+    _gallery = _Shared()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -80,6 +81,7 @@ class FaceIndex:
         self._index = None
         self._index_gen = -1
         self._trained_n = 0
+        self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)  # (generation, bar, low-quality ids, face count)
         self._lock = threading.RLock()
         self.repaired = None  # (added, removed) by the last index repair
         self.audit = AuditLog(self.data / AUDIT_FILE)
@@ -117,7 +119,7 @@ class FaceIndex:
                                  case_ref=case, details=details or {})
 
     def _gallery_state(self) -> dict:
-        return {"faces": self.catalog.face_count(), "generation": self.catalog.generation}
+        return {"faces": self._searchable()[1], "generation": self.catalog.generation}
 
     def __enter__(self) -> FaceIndex:
         return self
@@ -421,9 +423,18 @@ class FaceIndex:
                 self.save()
 
     # --- search / verify ---------------------------------------------------------------------------------------
+    def _searchable(self) -> tuple[np.ndarray, int]:
+        """(ids below the quality bar, face count), cached per catalog generation: no table scan per search."""
+        gen, bar = self.catalog.generation, self.settings.min_quality
+        cached = self._gallery
+        if cached[0] != gen or cached[1] != bar:
+            cached = (gen, bar, self.catalog.low_quality_ids(bar), self.catalog.face_count())
+            self._gallery = cached
+        return cached[2], cached[3]
+
     def gallery_size(self, include_low_quality: bool = False) -> int:
-        n = self.catalog.face_count()
-        return n if include_low_quality else n - len(self.catalog.low_quality_ids(self.settings.min_quality))
+        low, n = self._searchable()
+        return n if include_low_quality else n - len(low)
 
     def search(self, image: ImageInput, top: int = 10, *, purpose: str | None = None, case: str | None = None,
                largest: bool = False, face: int | None = None,
@@ -452,8 +463,9 @@ class FaceIndex:
                      probe: str = "<probe>") -> list[ProbeResult]:
         """Search already-embedded faces (see `faces`); opted-out people are never returned. Not audited:
         callers outside the engine use `search`."""
-        exclude = None if include_low_quality else self.catalog.low_quality_ids(self.settings.min_quality)
-        gallery = self.catalog.face_count() - (0 if exclude is None else len(exclude))
+        low, count = self._searchable()
+        exclude = None if include_low_quality else low
+        gallery = count - (0 if exclude is None else len(exclude))
         results: list[ProbeResult] = []
         if not faces:
             return results
@@ -886,7 +898,7 @@ class FaceIndex:
         disk = sum(p.stat().st_size for p in self.data.iterdir() if p.is_file())
         return {
             **counts,
-            "low_quality_faces": len(self.catalog.low_quality_ids(self.settings.min_quality)),
+            "low_quality_faces": len(self._searchable()[0]),
             "sources_list": self.sources(),
             "optouts": len(self.catalog.optouts()),
             "audit_records": self.audit.count(),
