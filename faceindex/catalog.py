@@ -525,7 +525,7 @@ class Catalog:
         return [dict(zip(cols, r)) for r in rows]
 
     def key_by_prefix(self, prefix: str) -> tuple | None:
-        return self.db.execute("SELECT id, name, role, secret_sha256, revoked_at FROM api_keys WHERE prefix=?",
+        return self.db.execute("SELECT id, name, role, secret_sha256, revoked_at, last_used_at FROM api_keys WHERE prefix=?",
                                (prefix,)).fetchone()
 
     def touch_key(self, key_id: int) -> None:

@@ -675,8 +675,8 @@ class FaceIndex:
         self._allow("ingest")
         if basis is not None and basis not in policies.BASES:
             raise ValueError(f"unknown legal basis {basis!r}; one of: {', '.join(policies.BASES)}")
-        if retention_days is not None and retention_days < 0:
-            raise ValueError("retention must be positive (or 0 to keep forever)")
+        if retention_days is not None and not 0 <= retention_days <= 36_500:
+            raise ValueError("retention must be 0 (keep forever) to 36500 days")
         self.catalog.put_source(name, basis, notice, retention_days)
         source = self._source(name)
         self._record("source.change", details={k: source[k] for k in ("name", "basis", "notice", "retention_days")})
@@ -785,6 +785,9 @@ class FaceIndex:
             raise AccessDenied("invalid API key")
         if row[4] is not None:
             raise AccessDenied("this API key has been revoked")
+        last = row[5]
+        if last is None or datetime.fromisoformat(last) < datetime.now(UTC) - timedelta(minutes=1):
+            self.catalog.touch_key(row[0])  # at most once a minute: no write per request
         return {"id": row[0], "name": row[1], "role": row[2]}
 
     def acting_as(self, actor: str, role: str) -> FaceIndex:
@@ -870,7 +873,7 @@ class FaceIndex:
         try:
             pixels = self._pixels(rec.path)
         except ImageError as e:
-            raise NotFoundError(f"source image of face {face_id} is not readable: {rec.path}: {e}") from e
+            raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
         return crop_jpeg(pixels, rec.box, size, margin)
 
     def face_in_image(self, face_id: int, max_side: int = 1600) -> bytes:
@@ -881,7 +884,7 @@ class FaceIndex:
         try:
             pixels = self._pixels(rec.path)
         except ImageError as e:
-            raise NotFoundError(f"source image of face {face_id} is not readable: {e}") from e
+            raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
         img = Image.fromarray(pixels)
         scale = min(1.0, max_side / max(img.size))
         if scale < 1:

@@ -47,6 +47,7 @@ from . import schemas as S
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
+UPLOAD_SUFFIX = re.compile(r"\.(jpe?g|jpe|png|webp|bmp|tiff?|gif)$", re.IGNORECASE)  # images.IMAGE_SUFFIXES
 NOTICE = ("Results are candidate leads for a person to review, never identifications. FMR is the share of "
           "different-person pairs scoring as high; expected false candidates = FMR x gallery size.")
 
@@ -68,8 +69,16 @@ ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
     (ModelError, 500, "model_error"),
     (CatalogError, 500, "catalog_error"),
     (FaceIndexError, 400, "error"),
+    (OverflowError, 422, "out_of_range"),  # an id or number beyond what the catalog (SQLite int64) can hold
     (ValueError, 400, "bad_request"),
 ]
+
+
+# Documented for every operation, so that clients see the real error body (not FastAPI's default 422 schema).
+ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": S.ErrorResponse, "description": why} for code, why in (
+    (400, "bad request"), (401, "missing, invalid or revoked API key"), (403, "not allowed for this role or policy"),
+    (404, "not found"), (413, "upload too large"), (415, "not an image type"),
+    (422, "invalid request, image, or no face"), (429, "rate limited: see Retry-After"))}
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -143,7 +152,8 @@ def create_app(settings: Settings) -> FastAPI:
     m_searches = Counter("faceindex_searches", "searches served", registry=registry)
 
     app = FastAPI(title="faceindex", version=__version__,
-                  description="Accountable face search. " + NOTICE, docs_url="/docs", redoc_url=None)
+                  description="Accountable face search. " + NOTICE, docs_url="/docs", redoc_url=None,
+                  responses=ERROR_RESPONSES)
     bearer = HTTPBearer(auto_error=False, description="API key from `faceindex keys create`")
 
     # --- errors ----------------------------------------------------------------------------------------------
@@ -409,6 +419,8 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 with FaceIndex(settings) as own:  # its own catalog connection: searches keep being served
                     job.result = work(own.acting_as(p.actor, p.role), job)
+                # files refused before analysis (outside the roots, unreadable folders) send no progress event
+                job.errors = max(job.errors, len(job.result.get("errors") or []))
                 job.state = "done"
             except FaceIndexError as e:
                 job.state, job.error = "failed", str(e)
@@ -440,7 +452,10 @@ def create_app(settings: Settings) -> FastAPI:
         blobs = [(await read_image(f), f.filename or "upload") for f in files]
         folder.mkdir(parents=True, exist_ok=True)
         for i, (data, fname) in enumerate(blobs):
-            (folder / f"{i:05d}-{_slug(Path(fname).name)[:80] or 'image'}").write_bytes(data)
+            name = _slug(Path(fname).name)[:80] or "image"
+            if not UPLOAD_SUFFIX.search(name):  # the folder walk only picks up image suffixes; decoding goes by content
+                name += ".jpg"
+            (folder / f"{i:05d}-{name}").write_bytes(data)
         return start_job(p, "ingest", lambda fi, job: fi.add([folder], source, progress=progress_of(job)).as_dict())
 
     @app.post("/v1/ingest/path", response_model=S.JobOut, status_code=202, tags=["ingest"])
