@@ -456,6 +456,16 @@ class Catalog:
             sql += f" LIMIT {int(limit)}"
         return self.db.execute(sql).fetchall()
 
+    def sample_faces(self, per_person: int = 4) -> dict[int, list[int]]:
+        """The best-quality face ids of each person."""
+        rows = self.db.execute(
+            "SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
+            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) WHERE rn <= ?", (per_person,))
+        out: dict[int, list[int]] = {}
+        for pid, fid in rows:
+            out.setdefault(pid, []).append(fid)
+        return out
+
     def person(self, person_id: int) -> tuple[str | None, list[FaceRecord]]:
         row = self.db.execute("SELECT name FROM people WHERE id=?", (person_id,)).fetchone()
         if row is None:

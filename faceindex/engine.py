@@ -544,9 +544,10 @@ class FaceIndex:
         """People by size, largest first."""
         self._allow("people")
         out = []
+        samples = self.catalog.sample_faces()
         for pid, name, n_faces, n_images in self.catalog.people(limit):
             if n_faces >= min_faces:
-                out.append(Person(pid, name, n_faces, n_images))
+                out.append(Person(pid, name, n_faces, n_images, tuple(samples.get(pid, ()))))
         return out
 
     def person(self, person_id: int) -> tuple[Person, list[FaceRecord]]:

@@ -47,6 +47,7 @@ from . import schemas as S
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
+IMAGE_ROUTE = re.compile(r"^/v1/faces/\d+/(crop|image)$")
 UPLOAD_SUFFIX = re.compile(r"\.(jpe?g|jpe|png|webp|bmp|tiff?|gif)$", re.IGNORECASE)  # images.IMAGE_SUFFIXES
 NOTICE = ("Results are candidate leads for a person to review, never identifications. FMR is the share of "
           "different-person pairs scoring as high; expected false candidates = FMR x gallery size.")
@@ -105,17 +106,17 @@ class RateLimiter:
         self.buckets: dict[int, tuple[float, float]] = {}
         self.lock = threading.Lock()
 
-    def take(self, key: int) -> float:
+    def take(self, key: int, cost: float = 1.0) -> float:
         """0 when allowed, else seconds until a request would be."""
         now = time.monotonic()
         with self.lock:
             tokens, last = self.buckets.get(key, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self.buckets[key] = (tokens - 1, now)
+            if tokens >= cost:
+                self.buckets[key] = (tokens - cost, now)
                 return 0.0
             self.buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
+            return (cost - tokens) / self.rate
 
 
 @dataclass
@@ -220,7 +221,9 @@ def create_app(settings: Settings) -> FastAPI:
                 key = engine.authenticate(token)
         except AccessDenied as e:
             raise ApiError(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}) from e
-        wait = limiter.take(key["id"])
+        # a result page fetches many face crops: they cost a tenth of a request each
+        cost = 0.1 if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
+        wait = limiter.take(key["id"], cost)
         if wait:
             raise ApiError(429, "rate_limited", "too many requests for this key",
                            {"Retry-After": str(max(1, math.ceil(wait)))})
@@ -269,7 +272,8 @@ def create_app(settings: Settings) -> FastAPI:
     def me(p: Who) -> dict:
         from ..policy import PERMISSIONS
 
-        return {"name": p.name, "role": p.role, "key_id": p.key_id, "permissions": sorted(PERMISSIONS[p.role])}
+        return {"name": p.name, "role": p.role, "key_id": p.key_id, "permissions": sorted(PERMISSIONS[p.role]),
+                "allowed_purposes": engine.policy.allowed_purposes}
 
     # --- search, verify, faces -------------------------------------------------------------------------------
     def face_out(f) -> S.FaceOut:
@@ -358,7 +362,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     # --- people ----------------------------------------------------------------------------------------------
     def person_out(x) -> S.PersonOut:
-        return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count)
+        return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count,
+                           sample_face_ids=list(x.sample_face_ids))
 
     @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
     def people(p: Who, min_faces: Annotated[int, Query(ge=1)] = 2,

@@ -70,6 +70,7 @@ class PersonOut(BaseModel):
     name: str | None
     faces: int
     images: int
+    sample_face_ids: list[int] = []  # the best faces, for a mosaic
 
 
 class PersonFace(BaseModel):
