@@ -104,18 +104,7 @@ def add(
     """Index every face in every image under PATHS; only new or changed files are processed."""
     try:
         with _open() as fi, _progress(as_json) as bar:
-            task = bar.add_task("scanning", total=None, faces=0, errors=0)
-            totals = {"faces": 0, "errors": 0}
-
-            def on(event: str, info: dict) -> None:
-                if event == "scan":
-                    bar.update(task, total=info["files"], description="indexing")
-                elif event == "file":
-                    totals["faces"] += info.get("faces", 0)
-                    totals["errors"] += 1 if info.get("error") else 0
-                    bar.update(task, advance=1, **totals)
-
-            report = fi.add(paths, source, workers=workers, progress=on)
+            report = fi.add(paths, source, workers=workers, progress=_tracker(bar, "indexing"))
     except FaceIndexError as e:
         raise _fail(e) from e
     if as_json:
@@ -136,6 +125,22 @@ def add(
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed or 0:6.1f} img/s")
+
+
+def _tracker(bar: Progress, description: str):
+    """An engine progress callback that drives one task of `bar` (files, faces found, errors)."""
+    task = bar.add_task("scanning", total=None, faces=0, errors=0)
+    totals = {"faces": 0, "errors": 0}
+
+    def on(event: str, info: dict) -> None:
+        if event == "scan":
+            bar.update(task, total=info["files"], description=description)
+        elif event == "file":
+            totals["faces"] += info.get("faces", 0)
+            totals["errors"] += 1 if info.get("error") else 0
+            bar.update(task, advance=1, **totals)
+
+    return on
 
 
 def _progress(disabled: bool) -> Progress:
@@ -587,18 +592,7 @@ def evaluate(
 ) -> None:
     """Measure the model on your own labelled data: ROC/DET, TAR at FAR, open-set FNIR at FPIR."""
     with _open() as fi, _progress(as_json) as bar:
-        task = bar.add_task("embedding", total=None, faces=0, errors=0)
-        totals = {"faces": 0, "errors": 0}
-
-        def on(event: str, info: dict) -> None:
-            if event == "scan":
-                bar.update(task, total=info["files"])
-            elif event == "file":
-                totals["errors"] += 1 if info.get("error") else 0
-                totals["faces"] += info.get("faces", 0)
-                bar.update(task, advance=1, **totals)
-
-        r = fi.evaluate(folder, out_dir, write_calibration=write_calibration, progress=on)
+        r = fi.evaluate(folder, out_dir, write_calibration=write_calibration, progress=_tracker(bar, "embedding"))
     if as_json:
         _emit_json({k: v for k, v in r.items() if k not in ("curves", "histogram")})
         return
