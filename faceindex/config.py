@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     min_quality: float = Field(
         default=0.3, ge=0.0, le=1.0, description="faces below this quality are kept but not search candidates"
     )
+    cnn_fallback: bool = Field(
+        default=True, description="when HOG finds no face in an image, look again with the CNN detector")
     flip: bool = Field(default=True, description="average the embedding of the chip and its mirror image")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     exact_threshold: int = Field(

@@ -21,6 +21,7 @@ from .types import Box, Face
 
 SMALL_IMAGE_SIDE = 1200  # images up to this size are upsampled once so that ~40 px faces are found
 FALLBACK_PIXELS = 6_000_000  # upsampling as a fallback only below this many pixels
+CNN_FALLBACK_PIXELS = 1_200_000  # the CNN fallback runs on a copy at most this large (bounded cost per image)
 
 
 def normalise(v: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ class FacePipeline:
         """Face boxes in the pixels of `pixels`, largest first; big images are downscaled for detection.
 
         With `fallback`, an image where the HOG detector finds nothing is searched again with the CNN detector
-        (slower, but finds rotated, profile and low-contrast faces): used for probes, where one face matters.
+        (slower, but finds rotated, profile and low-contrast faces).
         """
         h, w = pixels.shape[:2]
         scale = 1.0
@@ -73,7 +74,7 @@ class FacePipeline:
             if dets:
                 break
         if not dets and fallback and self.settings.detector == "hog":
-            dets = self.models.cnn_detector.detect(det_img, tries[0])
+            dets = self._cnn_fallback(det_img)
         out = []
         for d in dets:
             left, top = max(0.0, d.left / scale), max(0.0, d.top / scale)
@@ -84,9 +85,23 @@ class FacePipeline:
         out.sort(key=lambda d: (d.right - d.left) * (d.bottom - d.top), reverse=True)
         return out
 
-    def faces(self, pixels: np.ndarray, fallback: bool = False) -> list[Face]:
-        """Every face in an RGB uint8 image, largest first, with quality and L2-normalised embedding."""
-        dets = self.detect(pixels, fallback)
+    def _cnn_fallback(self, img: np.ndarray) -> list[Detection]:
+        """The CNN detector on a copy of at most CNN_FALLBACK_PIXELS, boxes mapped back to `img`'s pixels."""
+        h, w = img.shape[:2]
+        scale = min(1.0, (CNN_FALLBACK_PIXELS / (h * w)) ** 0.5)
+        small = img if scale == 1.0 else np.asarray(
+            Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                        Image.Resampling.BILINEAR))
+        up = 1 if small.shape[0] * small.shape[1] <= CNN_FALLBACK_PIXELS // 4 else 0
+        return [Detection(d.left / scale, d.top / scale, d.right / scale, d.bottom / scale, d.score)
+                for d in self.models.cnn_detector.detect(small, up)]
+
+    def faces(self, pixels: np.ndarray, fallback: bool | None = None) -> list[Face]:
+        """Every face in an RGB uint8 image, largest first, with quality and L2-normalised embedding.
+
+        `fallback` (default: the cnn_fallback setting) looks again with the CNN detector when HOG finds nothing.
+        """
+        dets = self.detect(pixels, self.settings.cnn_fallback if fallback is None else fallback)
         if not dets:
             return []
         lm = self.models.landmarker
