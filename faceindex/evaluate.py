@@ -76,8 +76,9 @@ def embed_labelled(items: Sequence[tuple[str, Path]], settings: Settings, worker
     names: list[str] = []
     vecs: list[np.ndarray] = []
     failures: list[FileFailure] = []
-    paths = [str(p) for _, p in items]
-    for (person, _), res in zip(items, analyse_files(paths, settings, max(1, workers))):
+    person_of = {str(p): person for person, p in items}
+    for res in analyse_files(list(person_of), settings, max(1, workers)):  # results come as they complete
+        person = person_of[res.path]
         if isinstance(res, ImageResult) and res.faces:
             names.append(person)
             vecs.append(res.faces[0].embedding)  # faces come largest first
