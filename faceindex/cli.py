@@ -187,7 +187,7 @@ def search(
                 if as_json:
                     results_json.append(_probe_json(r, n))
                 else:
-                    _print_probe(r, n)
+                    _print_probe(r, n, fi.calibration.fmr_floor)
     if as_json:
         _emit_json({"notice": LEADS_NOTICE, "results": results_json})
     else:
@@ -210,8 +210,11 @@ def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
             err.print(f"  no crop for face {m.face_id}: {e}", markup=False, highlight=False)
 
 
-def _fmr_text(fmr: float) -> str:
-    return f"1 in {1 / fmr:,.0f}" if fmr > 0 else "0"
+def _fmr_text(fmr: float, floor: float = 0.0) -> str:
+    """'1 in N'; '< 1 in N' at the calibration table's resolution (no impostor pair scored that high)."""
+    if fmr <= 0:
+        return "0"
+    return f"{'< ' if fmr <= floor * 1.0001 else ''}1 in {1 / fmr:,.0f}"
 
 
 def _probe_json(r, n: int) -> dict:
@@ -226,7 +229,7 @@ def _probe_json(r, n: int) -> dict:
     }
 
 
-def _print_probe(r, n: int) -> None:
+def _print_probe(r, n: int, floor: float) -> None:
     q = r.face.quality
     out.print(f"\n{r.probe} face {n} at {r.face.box.as_list()} (quality {q.score:.2f}): gallery {r.gallery_size} "
               f"faces; about {r.expected_false_candidates:.2f} false candidates expected per search at the "
@@ -235,9 +238,9 @@ def _print_probe(r, n: int) -> None:
         out.print("  no faces in the gallery")
     for m in r.matches:
         who = m.person_name or (f"person {m.person_id}" if m.person_id else "no person")
-        out.print(f"  {m.rank:>2}. {m.similarity:.4f}  FMR {_fmr_text(m.fmr):<14} expected false {m.expected_false:<8.3g}"
-                  f" {m.label:<18}  {who}  [{m.source}] {m.path}  box {m.box.as_list()}", markup=False,
-                  highlight=False)
+        out.print(f"  {m.rank:>2}. {m.similarity:.4f}  FMR {_fmr_text(m.fmr, floor):<16} "
+                  f"expected false {m.expected_false:<8.3g} {m.label:<18}  {who}  [{m.source}] {m.path}  "
+                  f"box {m.box.as_list()}", markup=False, highlight=False)
 
 
 @app.command()
@@ -273,6 +276,7 @@ def verify(
         todo.append((str(a), str(b)))
     rows, failed = [], 0
     with _open() as fi:
+        floor = fi.calibration.fmr_floor
         for pa, pb in todo:
             try:
                 v = fi.verify(pa, pb, purpose=purpose, case=case, face_a=face_a, face_b=face_b)
@@ -290,7 +294,7 @@ def verify(
             if "error" in r:
                 err.print(f"error: {r['a']} / {r['b']}: {r['error']}", markup=False, highlight=False)
             else:
-                out.print(f"{r['a']}  {r['b']}  similarity {r['similarity']:.4f}  FMR {_fmr_text(r['fmr'])}  "
+                out.print(f"{r['a']}  {r['b']}  similarity {r['similarity']:.4f}  FMR {_fmr_text(r['fmr'], floor)}  "
                           f"-> {r['decision']}", markup=False, highlight=False)
     if failed:
         raise typer.Exit(failed)
