@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -179,6 +180,8 @@ def _work(path: str) -> ImageResult | FileFailure:
 
 
 def _analyse(pipe: FacePipeline, path: str) -> ImageResult | FileFailure:
+    if os.environ.get("_FACEINDEX_TEST_SLOW_S"):
+        time.sleep(float(os.environ["_FACEINDEX_TEST_SLOW_S"]))  # test hook: a slow machine, so a kill lands mid-run
     try:
         return pipe.process_file(path)
     except FaceIndexError as e:
