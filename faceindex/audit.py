@@ -110,6 +110,8 @@ _TRIGGERS = {
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head only follows appends'); END""",
 }
 
+# how the server names a request's actor: "<key name> (key <id>)"
+_KEY_SUFFIX_GLOB = " (key [0-9]*)"
 _COLUMNS = "seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash"
 
 
@@ -430,15 +432,20 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Records matching every filter given, in log order (newest first if asked).
 
-        Filters are exact matches; the time window is `since` <= time < `until` (naive datetimes are taken
-        as UTC); `limit` caps how many records come back. Query does not verify: call verify() for that.
+        Filters are exact matches, except that `actor` also matches the actor's API keys: "alice" selects
+        "alice" and the server's "alice (key 3)", "alice (key 7)". The time window is `since` <= time < `until`
+        (naive datetimes are taken as UTC); `limit` caps how many records come back.
+        Query does not verify: call verify() for that.
         """
         clauses: list[str] = []
         params: list[Any] = []
-        for column, value in (("case_ref", case_ref), ("actor", actor), ("action", action)):
+        for column, value in (("case_ref", case_ref), ("action", action)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if actor is not None:
+            clauses.append("(actor = ? OR (substr(actor, 1, ?) = ? AND actor GLOB ?))")
+            params += [actor, len(actor) + 6, f"{actor} (key ", f"*{_KEY_SUFFIX_GLOB}"]
         if since is not None:
             clauses.append("time >= ?")
             params.append(_iso(since))

@@ -500,7 +500,7 @@ def audit_verify(
 @audit_app.command("show")
 def audit_show(
     case: Annotated[str | None, typer.Option("--case")] = None,
-    actor: Annotated[str | None, typer.Option()] = None,
+    actor: Annotated[str | None, typer.Option(help="who: a name also selects that name's API keys")] = None,
     action: Annotated[str | None, typer.Option()] = None,
     since: Annotated[datetime | None, typer.Option(help="ISO date or time (UTC)")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,

@@ -507,6 +507,15 @@ def test_query_filters(tmp_path: Path) -> None:
         assert seqs(since=datetime.now(UTC) + timedelta(days=1)) == []
         assert log.query(action="export")[0].details == {"n": 3}
 
+        # a key holder's records, as the server names them ("name (key N)"), are found by the key's name
+        log.append("search", actor="dpo (key 7)", role="investigator")
+        log.append("search", actor="dpo (keynote)", role="investigator")
+        log.append("search", actor="dpo%_ (key 8)", role="investigator")
+        assert seqs(actor="dpo") == [11, 12, 13]
+        assert seqs(actor="dpo (key 7)") == [13]
+        assert seqs(actor="dpo%_") == [15]
+        assert seqs(actor="dp") == []
+
 
 def test_query_of_an_unreadable_record_raises_catalog_error(path: Path) -> None:
     with attacker(path) as db:
