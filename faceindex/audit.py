@@ -110,8 +110,12 @@ _TRIGGERS = {
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head only follows appends'); END""",
 }
 
-# how the server names a request's actor: "<key name> (key <id>)"
-_KEY_SUFFIX_GLOB = " (key [0-9]*)"
+
+def key_actor(name: str, key_id: int | str) -> str:
+    """The actor recorded for a request made with an API key: "<key name> (key <id>)"."""
+    return f"{name} (key {key_id})"
+
+
 _COLUMNS = "seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash"
 
 
@@ -443,9 +447,10 @@ class AuditLog:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if actor is not None:
-            clauses.append("(actor = ? OR (substr(actor, 1, ?) = ? AND actor GLOB ?))")
-            params += [actor, len(actor) + 6, f"{actor} (key ", f"*{_KEY_SUFFIX_GLOB}"]
+        if actor is not None:  # the name itself, or key_actor(name, N) for any key N
+            prefix = key_actor(actor, "")[:-1]
+            clauses.append("(actor = ? OR (substr(actor, 1, ?) = ? AND actor GLOB '*[0-9])'))")
+            params += [actor, len(prefix), prefix]
         if since is not None:
             clauses.append("time >= ?")
             params.append(_iso(since))

@@ -24,6 +24,7 @@ from . import cluster as clustering
 from . import images
 from . import policy as policies
 from .audit import AuditLog
+from .audit import key_actor as key_actor  # re-exported for the server
 from .catalog import Catalog, FaceRecord, now
 from .config import Settings
 from .errors import EvaluationError, FaceIndexError, ImageError, NoFaceError, NotFoundError, PolicyError

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..engine import FaceIndex
+from ..engine import FaceIndex, key_actor
 from ..errors import (
     AccessDenied,
     CatalogError,
@@ -94,7 +94,7 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        return f"{self.name} (key {self.key_id})"
+        return key_actor(self.name, self.key_id)
 
 
 class RateLimiter:
