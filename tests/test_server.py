@@ -452,6 +452,7 @@ def test_role_matrix(env, server):
     for role in ROLES:
         me = c.get("/v1/me", headers=auth(env.keys[role])).json()
         assert me["role"] == role and set(me["permissions"]) == EXPECTED_PERMISSIONS[role]
+        assert me["actor"] == f"{me['name']} (key {me['key_id']})"  # as the audit trail and confirmations name it
 
 
 # --- bad uploads -------------------------------------------------------------------------------------------------------

@@ -272,8 +272,8 @@ def create_app(settings: Settings) -> FastAPI:
     def me(p: Who) -> dict:
         from ..policy import PERMISSIONS
 
-        return {"name": p.name, "role": p.role, "key_id": p.key_id, "permissions": sorted(PERMISSIONS[p.role]),
-                "allowed_purposes": engine.policy.allowed_purposes}
+        return {"name": p.name, "role": p.role, "key_id": p.key_id, "actor": p.actor,
+                "permissions": sorted(PERMISSIONS[p.role]), "allowed_purposes": engine.policy.allowed_purposes}
 
     # --- search, verify, faces -------------------------------------------------------------------------------
     def face_out(f) -> S.FaceOut:

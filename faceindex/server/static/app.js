@@ -80,10 +80,6 @@ function fileName(name) {
   return parts.flatMap((p, i) => (i ? [h("wbr"), p] : [p]));
 }
 
-function actorOf(me) {
-  return me ? `${me.name} (key ${me.key_id})` : "";
-}
-
 function labelClass(label) {
   if (label === "strong candidate") return "lbl-strong";
   if (label === "possible candidate") return "lbl-possible";
@@ -653,7 +649,7 @@ function candidateCard(c, caseRef) {
   const confirmBtn = h("button", { type: "button", class: "btn btn-small" }, "Confirm");
   const setConfirmState = (cc) => {
     badgeSlot.replaceChildren(confirmationBadge(cc));
-    const byMe = (cc.confirmed_by || []).includes(actorOf(state.me));
+    const byMe = (cc.confirmed_by || []).includes(state.me?.actor);
     if (cc.confirmation === "confirmed") {
       confirmBtn.disabled = true;
       confirmBtn.textContent = "Confirmed";
