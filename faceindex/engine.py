@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -238,36 +239,38 @@ class FaceIndex:
                 self._save_index(self._index, self.catalog.generation)
 
     # --- images -> faces ---------------------------------------------------------------------------------------
-    def _pixels(self, image: ImageInput) -> np.ndarray:
+    def _load(self, image: ImageInput) -> _Probe:
+        """An image read and decoded once: its pixels, its sha256 (for the audit trail) and a name for messages.
+
+        Errors about a file name it (a search may have several probes); bytes and arrays have no name to give.
+        """
+        name = _name(image)
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ImageError("an image array must be (H, W, 3) uint8 RGB")
-            return image
-        return images.load(image, max_pixels=self.settings.max_pixels,
-                           max_bytes=self.settings.max_file_bytes).pixels
-
-    def _probe_sha(self, image: ImageInput) -> str:
-        if isinstance(image, np.ndarray):
-            return images.sha256_bytes(np.ascontiguousarray(image).tobytes())
-        if isinstance(image, bytes | bytearray):
-            return images.sha256_bytes(bytes(image))
-        return images.sha256_bytes(images.read_bytes(image, self.settings.max_file_bytes))
+            return _Probe(image, images.sha256_bytes(np.ascontiguousarray(image).tobytes()), name)
+        try:
+            loaded = images.load(image, max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_file_bytes)
+        except ImageError as e:
+            if isinstance(image, bytes | bytearray):
+                raise
+            raise ImageError(f"{name}: {e}") from e
+        return _Probe(loaded.pixels, loaded.sha256, name)
 
     def faces(self, image: ImageInput, fallback: bool = True) -> list[Face]:
         """Detect and embed every face of an image without indexing it (largest first).
 
         With `fallback` (the default for probes) the CNN detector looks again when HOG finds no face.
         """
-        return self.pipeline.faces(self._pixels(image), fallback)
+        return self.pipeline.faces(self._load(image).pixels, fallback)
 
-    def _probe_faces(self, image: ImageInput, largest: bool, face: int | None = None) -> list[Face]:
-        found = self.faces(image)
-        name = _name(image)
+    def _probe_faces(self, probe: _Probe, largest: bool, face: int | None = None) -> list[Face]:
+        found = self.pipeline.faces(probe.pixels, True)
         if not found:
-            raise NoFaceError(f"no face found in {name}")
+            raise NoFaceError(f"no face found in {probe.name}")
         if face is not None:
             if not 0 <= face < len(found):
-                raise NoFaceError(f"{name} has {len(found)} face(s); there is no face {face}")
+                raise NoFaceError(f"{probe.name} has {len(found)} face(s); there is no face {face}")
             return [found[face]]
         return found[:1] if largest else found
 
@@ -445,17 +448,17 @@ class FaceIndex:
         self.policy.check_purpose(purpose, case)
         if top < 1:
             raise ValueError("top must be at least 1")
-        sha = self._probe_sha(image)
+        probe = self._load(image)
         params = {"top": top, "largest": largest, "face": face, "include_low_quality": include_low_quality}
         try:
-            probe_faces = self._probe_faces(image, largest, face)
+            probe_faces = self._probe_faces(probe, largest, face)
         except NoFaceError:
-            self._record("search", purpose, case, {"probe_sha256": sha, **params, "faces": 0, "results": [],
+            self._record("search", purpose, case, {"probe_sha256": probe.sha256, **params, "faces": 0, "results": [],
                                                     "gallery": self._gallery_state()})
             raise
-        results = self.search_faces(probe_faces, top, include_low_quality=include_low_quality, probe=_name(image))
+        results = self.search_faces(probe_faces, top, include_low_quality=include_low_quality, probe=probe.name)
         self._record("search", purpose, case, {
-            "probe_sha256": sha, **params, "faces": len(results), "gallery": self._gallery_state(),
+            "probe_sha256": probe.sha256, **params, "faces": len(results), "gallery": self._gallery_state(),
             "possible_fmr": self.calibration.possible_fmr, "strong_fmr": self.calibration.strong_fmr,
             "results": [[[m.face_id, round(m.similarity, 5)] for m in r.matches] for r in results]})
         return results
@@ -498,14 +501,15 @@ class FaceIndex:
         """Compare the largest (or chosen) face of two images. Audited."""
         self._allow("verify")
         self.policy.check_purpose(purpose, case)
-        details = {"a_sha256": self._probe_sha(a), "b_sha256": self._probe_sha(b), "face_a": face_a, "face_b": face_b}
+        pa, pb = self._load(a), self._load(b)
+        details = {"a_sha256": pa.sha256, "b_sha256": pb.sha256, "face_a": face_a, "face_b": face_b}
         try:
-            fa = self._probe_faces(a, True, face_a)[0]
-            fb = self._probe_faces(b, True, face_b)[0]
+            fa = self._probe_faces(pa, True, face_a)[0]
+            fb = self._probe_faces(pb, True, face_b)[0]
         except NoFaceError as e:
             self._record("verify", purpose, case, {**details, "error": str(e)})
             raise
-        v = self.compare(fa, fb, _name(a), _name(b))
+        v = self.compare(fa, fb, pa.name, pb.name)
         self._record("verify", purpose, case, {**details, "similarity": round(v.similarity, 5), "fmr": v.fmr,
                                                "decision": v.label})
         return v
@@ -574,7 +578,7 @@ class FaceIndex:
         """The largest face of each reference photo; the photos themselves are never stored."""
         if not photos:
             raise ValueError("at least one photo of the person is needed")
-        return np.stack([self._probe_faces(p, True)[0].embedding for p in photos])
+        return np.stack([self._probe_faces(self._load(p), True)[0].embedding for p in photos])
 
     def _matching_faces(self, templates: np.ndarray, threshold: float) -> dict[int, float]:
         """Face id -> best similarity, for every indexed face at or above `threshold` to any template."""
@@ -873,7 +877,7 @@ class FaceIndex:
         """A JPEG crop of a stored face, read from its source file."""
         rec = self.catalog.face_record(face_id)
         try:
-            pixels = self._pixels(rec.path)
+            pixels = self._load(rec.path).pixels
         except ImageError as e:
             raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
         return crop_jpeg(pixels, rec.box, size, margin)
@@ -884,7 +888,7 @@ class FaceIndex:
 
         rec = self.catalog.face_record(face_id)
         try:
-            pixels = self._pixels(rec.path)
+            pixels = self._load(rec.path).pixels
         except ImageError as e:
             raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
         img = Image.fromarray(pixels)
@@ -965,6 +969,12 @@ def _match(rec: FaceRecord, sim: float, fmr: float, label: str, rank: int, expec
     return Match(face_id=rec.id, similarity=sim, fmr=fmr, label=label, image_id=rec.image_id, path=rec.path,
                  source=rec.source, box=rec.box, person_id=rec.person_id, person_name=rec.person_name, rank=rank,
                  expected_false=expected)
+
+
+class _Probe(NamedTuple):
+    pixels: np.ndarray
+    sha256: str
+    name: str
 
 
 def _name(image: ImageInput) -> str:

@@ -126,7 +126,11 @@ def test_probe_without_face_and_bad_probe(tmp_path):
     p = run("search", sky, *WHY, data=data, check=4)
     assert "no face found" in p.stderr
     p = run("search", tmp_path / "missing.jpg", *WHY, data=data)
-    assert p.returncode == 65 and "cannot read file" in p.stderr
+    assert p.returncode == 65 and f"{tmp_path / 'missing.jpg'}: cannot read file" in p.stderr
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    p = run("search", lfw("Tony_Blair", 2), notes, *WHY, data=data)  # each probe's own error, named; the good one runs
+    assert p.returncode == 65 and f"{notes}: " in p.stderr and "Tony_Blair_0001.jpg" in p.stdout
     p = run("verify", sky, lfw("Tony_Blair", 2), *WHY, data=data, check=4)
     assert "no face found" in p.stderr
 
