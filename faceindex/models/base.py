@@ -31,6 +31,9 @@ class Detection:
     right: float
     bottom: float
     score: float
+    # (5, 2) landmarks in the same pixels when the detector gives them (YuNet: right eye, left eye, nose tip,
+    # right and left mouth corner, from the viewer's side), else None (dlib's landmarker finds them later)
+    landmarks: np.ndarray | None = None
 
 
 class Detector(Protocol):
