@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEINDEX_", extra="ignore")
 
     data: Path = Field(default=Path("./faceindex-data"), description="the data folder (catalog + index)")
-    detector: Literal["hog", "cnn"] = "hog"
+    model: str | None = Field(
+        default=None, description="model pack of a new index (faceindex models list); an index keeps its own")
+    detector: Literal["hog", "cnn"] = Field(default="hog", description="the dlib pack's detector: hog or cnn")
     backend: Literal["auto", "onnx", "dlib"] = Field(
         default="auto", description="embedding runtime: onnx (fast) or dlib (reference); auto = onnx if it loads"
     )

@@ -16,13 +16,9 @@ from PIL import Image
 from . import images, quality
 from .config import Settings
 from .errors import FaceIndexError
-from .models.base import Detection
-from .models.dlib import DlibModels
+from .models import packs
+from .models.base import Detection, ModelPack, PackModels
 from .types import Box, Face
-
-SMALL_IMAGE_SIDE = 1200  # images up to this size are upsampled once so that ~40 px faces are found
-FALLBACK_PIXELS = 6_000_000  # upsampling as a fallback only below this many pixels
-CNN_FALLBACK_PIXELS = 1_200_000  # the CNN fallback runs on a copy at most this large (bounded cost per image)
 
 
 def normalise(v: np.ndarray) -> np.ndarray:
@@ -33,21 +29,22 @@ def normalise(v: np.ndarray) -> np.ndarray:
 
 
 class FacePipeline:
-    """Detect and embed every face of an image with one process's models."""
+    """Detect and embed every face of an image with one process's models, all through one model pack."""
 
-    def __init__(self, settings: Settings, models: DlibModels | None = None) -> None:
+    def __init__(self, settings: Settings, models: PackModels | None = None, pack: ModelPack | None = None) -> None:
         self.settings = settings
-        self.models = models or DlibModels(settings.detector, settings.backend)
+        self.pack = pack or packs.get(settings.model or packs.DEFAULT, settings.resolved_data())
+        self.models = models or self.pack.build(settings)
 
     @property
     def spec(self):
         return self.models.spec
 
     def detect(self, pixels: np.ndarray, fallback: bool = False) -> list[Detection]:
-        """Face boxes in the pixels of `pixels`, largest first; big images are downscaled for detection.
+        """Face boxes (and landmarks when the detector gives them) in the pixels of `pixels`, largest first.
 
-        With `fallback`, an image where the HOG detector finds nothing is searched again with the CNN detector
-        (slower, but finds rotated, profile and low-contrast faces).
+        Big images are downscaled for detection. With `fallback`, an image where the pack's detector finds nothing
+        is searched again with its fallback (dlib: the CNN detector; slower, finds rotated and low-contrast faces).
         """
         h, w = pixels.shape[:2]
         scale = 1.0
@@ -58,62 +55,37 @@ class FacePipeline:
                 Image.fromarray(pixels).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                                Image.Resampling.BILINEAR)
             )
-        detector = self.models.detector
-        if self.settings.upsample is not None:
-            tries = [self.settings.upsample]
-        else:
-            dh, dw = det_img.shape[:2]
-            first = 1 if max(dh, dw) <= SMALL_IMAGE_SIDE else 0
-            tries = [first]
-            if first == 1:
-                tries.append(0)  # HOG's score at one scale can miss a face the other finds
-            if first < 2 and dh * dw * 4 ** (first + 1) <= FALLBACK_PIXELS:
-                tries.append(first + 1)
-        dets: list[Detection] = []
-        for up in tries:
-            dets = detector.detect(det_img, up)
-            if dets:
-                break
-        if not dets and fallback and self.settings.detector == "hog":
-            dets = self._cnn_fallback(det_img)
+        dets = self.models.find(det_img, fallback, self.settings.upsample)
         out = []
         for d in dets:
-            left, top = max(0.0, d.left / scale), max(0.0, d.top / scale)
-            right, bottom = min(float(w), d.right / scale), min(float(h), d.bottom / scale)
+            d = d.to_original(scale)
+            left, top = max(0.0, d.left), max(0.0, d.top)
+            right, bottom = min(float(w), d.right), min(float(h), d.bottom)
             if min(right - left, bottom - top) < self.settings.min_face:
                 continue
-            out.append(Detection(left, top, right, bottom, d.score))
+            out.append(Detection(left, top, right, bottom, d.score, d.landmarks))
         out.sort(key=lambda d: (d.right - d.left) * (d.bottom - d.top), reverse=True)
         return out
-
-    def _cnn_fallback(self, img: np.ndarray) -> list[Detection]:
-        """The CNN detector on a copy of at most CNN_FALLBACK_PIXELS, boxes mapped back to `img`'s pixels."""
-        h, w = img.shape[:2]
-        scale = min(1.0, (CNN_FALLBACK_PIXELS / (h * w)) ** 0.5)
-        small = img if scale == 1.0 else np.asarray(
-            Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                        Image.Resampling.BILINEAR))
-        up = 1 if small.shape[0] * small.shape[1] <= CNN_FALLBACK_PIXELS // 4 else 0
-        return [Detection(d.left / scale, d.top / scale, d.right / scale, d.bottom / scale, d.score)
-                for d in self.models.cnn_detector.detect(small, up)]
 
     def faces(self, pixels: np.ndarray, fallback: bool | None = None) -> list[Face]:
         """Every face in an RGB uint8 image, largest first, with quality and L2-normalised embedding.
 
-        `fallback` (default: the cnn_fallback setting) looks again with the CNN detector when HOG finds nothing.
+        `fallback` (default: the cnn_fallback setting) looks again with the pack's fallback detector when its
+        detector finds nothing.
         """
         dets = self.detect(pixels, self.settings.cnn_fallback if fallback is None else fallback)
+        return self.faces_at(pixels, dets)
+
+    def faces_at(self, pixels: np.ndarray, dets: list[Detection]) -> list[Face]:
+        """Align, embed and assess the faces at the given detections (in `pixels`' coordinates)."""
         if not dets:
             return []
-        lm = self.models.landmarker
-        shapes = [lm.shape(pixels, d) for d in dets]
-        chips = lm.chips(pixels, shapes)
+        chips, points = self.models.align(pixels, dets)
         emb = self.embed_chips(chips)
         faces = []
-        for i, (d, s, chip) in enumerate(zip(dets, shapes, chips)):
-            pts = lm.points(s)
+        for i, (d, pts, chip) in enumerate(zip(dets, points, chips)):
             box = Box(int(round(d.left)), int(round(d.top)), int(round(d.right)), int(round(d.bottom)))
-            q = quality.assess(min(box.width, box.height), chip, d.score, pts, self.settings.detector)
+            q = quality.assess(min(box.width, box.height), chip, d.score, pts, self.models.detector_kind)
             faces.append(Face(box=box, landmarks=tuple((float(x), float(y)) for x, y in pts), quality=q,
                               embedding=emb[i], index=i))
         return faces
@@ -122,12 +94,11 @@ class FacePipeline:
         """Embeddings of aligned chips; with `flip`, the mean of each chip's and its mirror's descriptor."""
         if len(chips) == 0:
             return np.zeros((0, self.spec.dim), np.float32)
-        emb = self.models.embedder
         if self.settings.flip:
-            both = emb.embed(np.concatenate([chips, chips[:, :, ::-1]]))
+            both = self.models.embed(np.concatenate([chips, chips[:, :, ::-1]]))
             raw = both[: len(chips)] + both[len(chips):]
         else:
-            raw = emb.embed(chips)
+            raw = self.models.embed(chips)
         return normalise(raw)
 
     def process_file(self, path: str) -> ImageResult:

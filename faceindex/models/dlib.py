@@ -18,6 +18,9 @@ from .base import Detection, ModelSpec
 RESNET_SPEC = ModelSpec(name="dlib_resnet_v1", version="1", dim=128, calibration="dlib_resnet_v1")
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+SMALL_IMAGE_SIDE = 1200  # images up to this size are upsampled once so that ~40 px faces are found
+FALLBACK_PIXELS = 6_000_000  # upsampling as a fallback only below this many pixels
+CNN_FALLBACK_PIXELS = 1_200_000  # the CNN fallback runs on a copy at most this large (bounded cost per image)
 
 
 def weights_dir() -> Path:
@@ -112,7 +115,7 @@ class DlibEmbedder:
 
 
 class DlibModels:
-    """Lazily loaded detector, landmarker and embedder for one process (thread-safe first use)."""
+    """The dlib pack's runtime: lazily loaded detector, landmarker and embedder (thread-safe first use)."""
 
     def __init__(self, detector: str = "hog", backend: str = "auto", threads: int = 1) -> None:
         if detector not in ("hog", "cnn"):
@@ -128,6 +131,51 @@ class DlibModels:
         self._landmarker: DlibLandmarker | None = None
         self._embedder = None
         self.spec = RESNET_SPEC
+        self.detector_kind = detector
+
+    # --- the pack runtime (models.base.PackModels) ----------------------------------------------------------------
+    def find(self, image: np.ndarray, fallback: bool, upsample: int | None) -> list[Detection]:
+        """HOG (or CNN) faces with adaptive upsampling; with `fallback`, the CNN detector when HOG finds nothing."""
+        if upsample is not None:
+            tries = [upsample]
+        else:
+            dh, dw = image.shape[:2]
+            first = 1 if max(dh, dw) <= SMALL_IMAGE_SIDE else 0
+            tries = [first]
+            if first == 1:
+                tries.append(0)  # HOG's score at one scale can miss a face the other finds
+            if first < 2 and dh * dw * 4 ** (first + 1) <= FALLBACK_PIXELS:
+                tries.append(first + 1)
+        detector = self.detector
+        dets: list[Detection] = []
+        for up in tries:
+            dets = detector.detect(image, up)
+            if dets:
+                break
+        if not dets and fallback and self.detector_name == "hog":
+            dets = self.cnn_fallback(image)
+        return dets
+
+    def cnn_fallback(self, img: np.ndarray) -> list[Detection]:
+        """The CNN detector on a copy of at most CNN_FALLBACK_PIXELS, boxes mapped back to `img`'s pixels."""
+        from PIL import Image
+
+        h, w = img.shape[:2]
+        scale = min(1.0, (CNN_FALLBACK_PIXELS / (h * w)) ** 0.5)
+        small = img if scale == 1.0 else np.asarray(
+            Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                        Image.Resampling.BILINEAR))
+        up = 1 if small.shape[0] * small.shape[1] <= CNN_FALLBACK_PIXELS // 4 else 0
+        return [d.to_original(scale) for d in self.cnn_detector.detect(small, up)]
+
+    def align(self, image: np.ndarray, dets: list[Detection]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """dlib's 5-point shapes and its own 150 px chips (padding 0.25), as dlib's example builds them."""
+        lm = self.landmarker
+        shapes = [lm.shape(image, d) for d in dets]
+        return lm.chips(image, shapes), [lm.points(s) for s in shapes]
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(chips)
 
     @property
     def detector(self):
@@ -193,3 +241,8 @@ class DlibModels:
         elif self.backend_name == "onnx":
             raise ModelError("the ONNX backend is not available")
         return DlibEmbedder()
+
+
+def build_dlib(pack, settings) -> DlibModels:
+    """The dlib pack's factory (models.packs): detector and runtime from the settings."""
+    return DlibModels(settings.detector, settings.backend)
