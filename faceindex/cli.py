@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .cli_models import models_app
 from .config import Settings
 from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError, PolicyError
 
@@ -42,6 +43,7 @@ app.add_typer(keys_app, name="keys")
 policy_app = typer.Typer(help="The data folder's policy (purposes, thresholds); changes are audited.",
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+app.add_typer(models_app, name="models")
 
 Purpose = Annotated[str | None, typer.Option(help="why this search is made (must be an allowed purpose)")]
 Case = Annotated[str | None, typer.Option("--case", help="case or request reference, recorded in the audit trail")]
@@ -66,8 +68,12 @@ def _root(
         "./faceindex-data"),
     detector: Annotated[str | None, typer.Option(help="face detector: hog (fast) or cnn (finds more faces)")] = None,
     backend: Annotated[str | None, typer.Option(help="embedding runtime: auto, onnx or dlib")] = None,
+    model: Annotated[str | None, typer.Option(help="model pack of a new index (faceindex models list); an "
+                                                   "existing index keeps its own")] = None,
 ) -> None:
     overrides = {"data": data}
+    if model is not None:
+        overrides["model"] = model
     if detector is not None:
         overrides["detector"] = detector
     if backend is not None:

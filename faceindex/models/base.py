@@ -173,6 +173,7 @@ class ModelPack:
     origin: str = ""
     builtin: bool = True
     root: Path | None = None  # folder of a user pack
+    calibration_path: Path | None = None  # a user pack's own table (else the shipped table `calibration`)
 
     @property
     def spec(self) -> ModelSpec:

@@ -44,7 +44,8 @@ def _dlib_pack() -> ModelPack:
         alignment=Alignment("dlib", dlib.CHIP_SIZE, padding=dlib.CHIP_PADDING),
         input=InputSpec(dlib.CHIP_SIZE, "RGB", "NHWC"),
         calibration="dlib_resnet_v1",
-        licence="Boost Software License 1.0 (dlib, Davis King); models CC0 / public domain (face_recognition_models)",
+        licence="dlib: Boost Software License 1.0; models: public domain (CC0, Davis King), packaged by "
+                "face_recognition_models (MIT)",
         origin="dlib.net via the face_recognition_models package",
         description="dlib's ResNet-34-like metric network, 128-d (the model of faceindex before 0.2)",
         files=tuple(PackFile(roles[n], wdir / n, h) for n, h in _DLIB_SHA256.items()),
