@@ -27,7 +27,7 @@ from . import images
 from .calibration import POSSIBLE, STRONG, Calibration
 from .config import Settings
 from .errors import EvaluationError
-from .models.dlib import RESNET_SPEC
+from .models import packs
 from .pipeline import FileFailure, ImageResult, analyse_files
 
 Progress = Callable[[str, dict], None]  # (event, info), the same events as FaceIndex.add: "scan", "file"
@@ -87,7 +87,8 @@ def embed_labelled(items: Sequence[tuple[str, Path]], settings: Settings, worker
             reason = res.reason if isinstance(res, FileFailure) else "no face found"
             failures.append(FileFailure(res.path, reason))
             emit("file", {"path": res.path, "faces": 0, "error": True})
-    emb = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, RESNET_SPEC.dim), np.float32)
+    dim = packs.get(settings.model or packs.DEFAULT, settings.resolved_data()).dim
+    emb = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
     return names, emb, failures
 
 
@@ -418,8 +419,9 @@ def evaluate(folder: str | os.PathLike, settings: Settings, out_dir: str | os.Pa
     except EvaluationError as err:
         ident = {"skipped": str(err)}
 
+    key = packs.get(settings.model or packs.DEFAULT, settings.resolved_data()).key
     cal = Calibration.from_scores(
-        RESNET_SPEC.key, gen, imp,
+        key, gen, imp,
         source=f"operator data {folder.name}: {len(names)} images of {len(set(names))} people, "
                f"{_settings_tag(settings)}, {time.strftime('%Y-%m-%d')}")
     cal_points = []
@@ -436,7 +438,7 @@ def evaluate(folder: str | os.PathLike, settings: Settings, out_dir: str | os.Pa
     per_person = np.unique(np.asarray(names), return_counts=True)[1]
     result = {
         "folder": str(folder.resolve()),
-        "model": RESNET_SPEC.key,
+        "model": key,
         "settings": _settings_dict(settings),
         "counts": {
             "people": len({p for p, _ in items}),
@@ -608,11 +610,12 @@ def _sig(a: np.ndarray, digits: int = 6) -> list[float]:
 
 
 def _settings_dict(s: Settings) -> dict:
-    return {k: getattr(s, k) for k in ("detector", "backend", "flip", "upsample", "min_face", "detect_max_side")}
+    return {k: getattr(s, k) for k in ("model", "detector", "backend", "flip", "upsample", "min_face",
+                                       "detect_max_side")}
 
 
 def _settings_tag(s: Settings) -> str:
-    return f"{s.detector}, {s.backend}, {'flip' if s.flip else 'no flip'}"
+    return f"{s.model or packs.DEFAULT}, {s.detector}, {s.backend}, {'flip' if s.flip else 'no flip'}"
 
 
 def _write_atomic(path: Path, text: str) -> None:

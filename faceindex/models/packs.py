@@ -114,3 +114,31 @@ def by_key(key: str, data: Path | None = None) -> ModelPack:
             return p
     raise ModelError(f"this index holds embeddings of model {key}, which no installed model pack makes "
                      "(faceindex models list)")
+
+
+def for_index(settings, recorded_key: str | None) -> ModelPack:
+    """The pack of an index: the one its catalog records, else `settings.model` (a new index), else DEFAULT.
+
+    Asking for another model than the one an index holds is refused: one model per index, never mixed.
+    """
+    data = settings.resolved_data()
+    if recorded_key is None:
+        return get(settings.model or DEFAULT, data)
+    pack = by_key(recorded_key, data)
+    if settings.model is not None and settings.model != pack.name:
+        raise ModelError(f"this index holds embeddings of model {pack.name} ({recorded_key}); refusing to mix in "
+                         f"{settings.model}. Use another data folder, or faceindex reindex --model {settings.model}")
+    return pack
+
+
+def calibration_for(pack: ModelPack, data: Path, strong_fmr: float = 1e-5, possible_fmr: float = 1e-3):
+    """The pack's calibration: the operator's own `data/calibration.json` when it was measured with this pack's
+    model (faceindex evaluate --write-calibration), else the pack's shipped table."""
+    from .. import calibration
+
+    own = data / "calibration.json"
+    if own.is_file():
+        cal = calibration.load(pack.calibration, own, strong_fmr, possible_fmr)
+        if cal.model == pack.key:
+            return cal
+    return calibration.load(pack.calibration, pack.calibration_path, strong_fmr, possible_fmr)
