@@ -1,0 +1,171 @@
+"""Model packs: the built-in packs' identity and files, `faceindex models list / verify / add`, user packs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from faceindex.calibration import Calibration
+from faceindex.config import Settings
+from faceindex.errors import ModelError
+from faceindex.models import packs
+from faceindex.models.userpack import check_pack
+
+EXE = shutil.which("faceindex") or f"{sys.executable} -m faceindex"
+
+
+def run(*args, data, check=None):
+    p = subprocess.run([*EXE.split(), "--data", str(data), *map(str, args)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ})
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiny_pack(folder, name="tiny", dim=16, out_dim=None, size=32):
+    """A pack folder with a generated ONNX embedder (flatten + matmul) and a calibration table for its key."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = np.random.default_rng(1).normal(size=(3 * size * size, out_dim or dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_dim or dim])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (folder / "embedder.onnx").write_bytes(model.SerializeToString())
+    rng = np.random.default_rng(2)
+    cal = Calibration.from_scores(f"{name}@1/{dim}", rng.normal(0.7, 0.1, 2000), rng.normal(0.0, 0.1, 200_000),
+                                  source="synthetic (test)")
+    (folder / "calibration.json").write_text(json.dumps(cal.to_json()))
+    (folder / "pack.toml").write_text(f'''name = "{name}"
+version = "1"
+dim = {dim}
+licence = "CC0-1.0"
+calibration = "calibration.json"
+calibration_sha256 = "{sha(folder / 'calibration.json')}"
+
+[embedder]
+file = "embedder.onnx"
+sha256 = "{sha(folder / 'embedder.onnx')}"
+size = {size}
+channels = "BGR"
+mean = [127.5, 127.5, 127.5]
+std = [128.0, 128.0, 128.0]
+''')
+    return folder
+
+
+def test_builtin_packs_keep_their_keys_and_files():
+    dlib, yunet = packs.get("dlib"), packs.get("yunet-omz95")
+    assert dlib.key == "dlib_resnet_v1@1/128"  # existing indexes record this key and must open unchanged
+    assert dlib.calibration == "dlib_resnet_v1" and dlib.alignment.chip_size == 150
+    assert yunet.key == "yunet-omz95@1/256" and yunet.dim == 256
+    assert yunet.input.size == 128 and yunet.input.channels == "BGR" and len(yunet.alignment.template) == 5
+    assert packs.by_key(dlib.key) is dlib and packs.by_key(yunet.key) is yunet
+    for p in (dlib, yunet):
+        assert p.verify() == [], p.verify()
+        assert p.licence and all(f.path.is_file() for f in p.files)
+    with pytest.raises(ModelError, match="unknown model pack 'nope'"):
+        packs.get("nope")
+
+
+def test_index_keeps_its_model_and_refuses_another(tmp_path):
+    s = Settings(data=tmp_path)
+    assert packs.for_index(s, None).name == packs.DEFAULT
+    assert packs.for_index(s.model_copy(update={"model": "dlib"}), None).name == "dlib"
+    assert packs.for_index(s, "dlib_resnet_v1@1/128").name == "dlib"  # no --model: the recorded one
+    with pytest.raises(ModelError, match="refusing to mix in yunet-omz95") as e:
+        packs.for_index(s.model_copy(update={"model": "yunet-omz95"}), "dlib_resnet_v1@1/128")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match="no installed model pack"):
+        packs.for_index(s, "other@3/64")
+
+
+def test_calibration_follows_the_pack(tmp_path):
+    assert packs.calibration_for(packs.get("dlib"), tmp_path).model == "dlib_resnet_v1@1/128"
+    # an operator's table measured with another model is not applied to this one
+    own = Calibration.from_scores("dlib_resnet_v1@1/128", np.full(10, 0.9), np.linspace(-1, 0.5, 10_000), "own")
+    (tmp_path / "calibration.json").write_text(json.dumps(own.to_json()))
+    assert packs.calibration_for(packs.get("dlib"), tmp_path).source == "own"
+    tiny = tiny_pack(tmp_path / "src")
+    p = check_pack(tiny)
+    assert packs.calibration_for(p, tmp_path).model == "tiny@1/16"
+
+
+def test_models_cli_list_verify_add(tmp_path):
+    data = tmp_path / "data"
+    listed = json.loads(run("models", "list", "--json", data=data, check=0).stdout)
+    assert [r["name"] for r in listed] == ["dlib", "yunet-omz95"]
+    assert sum(r["default"] for r in listed) == 1
+    assert "MIT" in listed[1]["licence"] and "Apache-2.0" in listed[1]["licence"]
+    assert "ok" in run("models", "verify", data=data, check=0).stdout
+
+    src = tiny_pack(tmp_path / "tiny")
+    p = run("models", "add", src, data=data, check=0)
+    assert "added model pack tiny (tiny@1/16)" in p.stdout
+    assert (data / "packs" / "tiny" / "pack.toml").is_file()
+    listed = json.loads(run("models", "list", "--json", data=data, check=0).stdout)
+    assert [r["name"] for r in listed] == ["dlib", "yunet-omz95", "tiny"]
+    assert packs.get("tiny", data).key == "tiny@1/16"
+    # the same name twice
+    p = run("models", "add", src, data=data, check=ModelError.exit_code)
+    assert "already installed" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+    # a file changed after it was added: verify fails, names the file
+    emb = data / "packs" / "tiny" / "embedder.onnx"
+    emb.write_bytes(emb.read_bytes() + b"\0")
+    p = run("models", "verify", data=data)
+    assert p.returncode != 0 and "tiny: embedder file embedder.onnx has sha256" in p.stderr
+    assert "dlib: ok" in p.stdout and "tiny: FAILED" in p.stdout
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no-toml", "needs a pack.toml"),
+    ("bad-toml", "is not readable TOML"),
+    ("sha", "has sha256"),
+    ("dim", "outputs 8 values per face; the pack says dim = 16"),
+    ("builtin-name", "may not take the built-in name 'dlib'"),
+    ("missing-file", "embedder file missing"),
+    ("calibration-model", "calibrates model other@1/16, not tiny@1/16"),
+])
+def test_broken_pack_refused_with_one_line(tmp_path, breakage, message):
+    data = tmp_path / "data"
+    src = tiny_pack(tmp_path / "src", name="dlib" if breakage == "builtin-name" else "tiny",
+                    out_dim=8 if breakage == "dim" else None)
+    toml = src / "pack.toml"
+    if breakage == "no-toml":
+        toml.unlink()
+    elif breakage == "bad-toml":
+        toml.write_text(toml.read_text() + "\nname = [unclosed\n")
+    elif breakage == "sha":
+        (src / "embedder.onnx").write_bytes((src / "embedder.onnx").read_bytes()[:-1] + b"x")
+    elif breakage == "missing-file":
+        (src / "embedder.onnx").unlink()
+    elif breakage == "calibration-model":
+        cal = json.loads((src / "calibration.json").read_text())
+        cal["model"] = "other@1/16"
+        (src / "calibration.json").write_text(json.dumps(cal))
+        toml.write_text(toml.read_text().replace(
+            [ln for ln in toml.read_text().splitlines() if ln.startswith("calibration_sha256")][0],
+            f'calibration_sha256 = "{sha(src / "calibration.json")}"'))
+    p = run("models", "add", src, data=data)
+    assert p.returncode == ModelError.exit_code, (p.stdout, p.stderr)
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (data / "packs").exists() or not any((data / "packs").iterdir())  # nothing half-added
