@@ -41,7 +41,7 @@ class YunetOmzModels:
             if self._detector is None:
                 from .yunet import YuNetDetector
 
-                self._detector = YuNetDetector()
+                self._detector = YuNetDetector(threads=self.threads)
             return self._detector
 
     @property
@@ -50,7 +50,7 @@ class YunetOmzModels:
             if self._embedder is None:
                 from .omz import OmzEmbedder
 
-                self._embedder = OmzEmbedder()
+                self._embedder = OmzEmbedder(threads=self.threads)
             return self._embedder
 
     @property
@@ -66,7 +66,7 @@ class YunetOmzModels:
     # --- models.base.PackModels ------------------------------------------------------------------------------------
     def find(self, image: np.ndarray, fallback: bool, upsample: int | None) -> list[Detection]:
         """YuNet's faces (with landmarks); with `fallback`, CNN boxes re-examined by YuNet when it finds none."""
-        dets = list(self.detector.detect(image))
+        dets = list(self.detector.detect(image, upsample))
         if dets or not fallback:
             return dets
         return [self._landmarked(image, d) for d in self.dlib.cnn_fallback(image)]
