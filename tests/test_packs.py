@@ -16,6 +16,7 @@ from faceindex.calibration import Calibration
 from faceindex.config import Settings
 from faceindex.errors import ModelError
 from faceindex.models import packs
+from faceindex.models.base import Detection
 from faceindex.models.userpack import check_pack
 
 EXE = shutil.which("faceindex") or f"{sys.executable} -m faceindex"
@@ -169,3 +170,61 @@ def test_broken_pack_refused_with_one_line(tmp_path, breakage, message):
     assert p.returncode == ModelError.exit_code, (p.stdout, p.stderr)
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (data / "packs").exists() or not any((data / "packs").iterdir())  # nothing half-added
+
+
+# --- the yunet-omz95 pack through FacePipeline ---------------------------------------------------------------------
+needs_lfw = pytest.mark.skipif(not (packs.FILES.parents[2].parent / "shared" / "data" / "lfw").is_dir(),
+                               reason="LFW not found at ../shared/data/lfw")
+
+
+@pytest.fixture(scope="module")
+def yunet_pipe():
+    from faceindex.pipeline import FacePipeline
+
+    return FacePipeline(Settings(model="yunet-omz95", workers=1))
+
+
+@needs_lfw
+def test_yunet_omz95_pipeline_embeds_and_separates(yunet_pipe):
+    from faceindex import images
+
+    from .conftest import lfw
+
+    assert yunet_pipe.spec.key == "yunet-omz95@1/256" and yunet_pipe.models.detector_kind == "yunet"
+    faces = {}
+    for name, i in [("Tony_Blair", 1), ("Tony_Blair", 2), ("Colin_Powell", 1), ("Serena_Williams", 1)]:
+        found = yunet_pipe.faces(images.load(lfw(name, i), max_pixels=10**8, max_bytes=10**9).pixels)
+        assert found, (name, i)
+        f = found[0]
+        assert f.embedding.shape == (256,) and abs(float(np.linalg.norm(f.embedding)) - 1) < 1e-5
+        assert len(f.landmarks) == 5 and 0.3 < f.quality.score <= 1.0
+        # landmarks in ArcFace order inside the box: right eye (smaller x) first, mouth below the eyes
+        (rx, ry), (lx, ly), _, (_, my1), (_, my2) = f.landmarks
+        assert rx < lx and my1 > ry and my2 > ly
+        assert f.box.x1 <= rx and lx <= f.box.x2
+        faces[(name, i)] = f.embedding
+    same = float(faces[("Tony_Blair", 1)] @ faces[("Tony_Blair", 2)])
+    others = [float(faces[("Tony_Blair", 1)] @ faces[k]) for k in faces if k[0] != "Tony_Blair"]
+    assert same > max(others) + 0.2, (same, others)
+
+
+@needs_lfw
+def test_yunet_omz95_fallback_landmarks_a_cnn_box(yunet_pipe):
+    """A box without landmarks (dlib's CNN fallback) is landmarked by YuNet on a crop around it."""
+    from faceindex import images
+
+    from .conftest import lfw
+
+    px = images.load(lfw("Colin_Powell", 1), max_pixels=10**8, max_bytes=10**9).pixels
+    d = yunet_pipe.detect(px)[0]
+    bare = Detection(d.left + 3, d.top - 2, d.right + 1, d.bottom + 4, 1.0)  # a CNN-like box, no landmarks
+    again = yunet_pipe.models._landmarked(px, bare)
+    assert np.abs(again.landmarks - d.landmarks).max() < 4.0  # YuNet's own points, found again on the crop
+    f_direct = yunet_pipe.faces_at(px, [d])[0]
+    f_bare = yunet_pipe.faces_at(px, [bare])[0]
+    assert float(f_direct.embedding @ f_bare.embedding) > 0.95
+
+
+def test_nothing_found_means_no_faces(yunet_pipe):
+    blank = np.full((240, 320, 3), 127, np.uint8)
+    assert yunet_pipe.faces(blank, fallback=True) == []

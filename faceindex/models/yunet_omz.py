@@ -94,19 +94,16 @@ class YunetOmzModels:
         return Detection(box.left, box.top, box.right, box.bottom, box.score, self._landmarked_box(box))
 
     def align(self, image: np.ndarray, dets: list[Detection]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Chips warped by the similarity transform of each face's 5 landmarks onto the ArcFace template."""
+        """Chips warped by the similarity transform of each face's 5 landmarks onto the ArcFace template (a box
+        without landmarks gets them from YuNet on a crop around it, else from the template placed on the box)."""
         from .align import warp_chip
 
-        points = [self._points(d) for d in dets]
+        points = [np.asarray((d if d.landmarks is not None else self._landmarked(image, d)).landmarks,
+                             np.float32).reshape(5, 2) for d in dets]
         if not dets:
             return np.zeros((0, self.chip_size, self.chip_size, 3), np.uint8), []
         chips = np.stack([warp_chip(image, p, self.chip_size) for p in points])
         return chips, points
-
-    def _points(self, d: Detection) -> np.ndarray:
-        if d.landmarks is not None:
-            return np.asarray(d.landmarks, np.float32).reshape(5, 2)
-        return self._landmarked_box(d)
 
     def _landmarked_box(self, d: Detection) -> np.ndarray:
         """The template's points spread over the box as over a chip (no detector gave landmarks)."""
