@@ -176,6 +176,7 @@ def search(
     results_json = []
     failed = 0
     with _open() as fi:
+        model = fi.pack.name
         for probe in probes:
             try:
                 results = fi.search(probe, top, purpose=purpose, case=case, largest=largest,
@@ -195,9 +196,9 @@ def search(
                 else:
                     _print_probe(r, n, fi.calibration.fmr_floor)
     if as_json:
-        _emit_json({"notice": LEADS_NOTICE, "results": results_json})
+        _emit_json({"notice": LEADS_NOTICE, "model": model, "results": results_json})
     else:
-        err.print(LEADS_NOTICE, style="dim")
+        err.print(f"{LEADS_NOTICE} Embeddings: model pack {model}.", style="dim")
     if failed:
         raise typer.Exit(failed)
 
@@ -287,7 +288,7 @@ def verify(
             try:
                 v = fi.verify(pa, pb, purpose=purpose, case=case, face_a=face_a, face_b=face_b)
                 rows.append({"a": pa, "b": pb, "similarity": round(v.similarity, 5), "fmr": v.fmr,
-                             "decision": v.label, "same_person_candidate": v.same})
+                             "decision": v.label, "same_person_candidate": v.same, "model": fi.pack.name})
             except PolicyError as e:
                 raise _fail(e) from e
             except FaceIndexError as e:

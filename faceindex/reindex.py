@@ -203,3 +203,28 @@ def store_templates(cat, reference: str, key: str, templates: np.ndarray) -> Non
     t = np.ascontiguousarray(templates, dtype=np.float32)
     with cat.transaction():
         cat.db.execute("INSERT OR REPLACE INTO optout_models VALUES(?,?,?,?)", (reference, key, t.tobytes(), len(t)))
+
+
+def keep_templates_for_all_packs(fi, reference: str, pixels: list[np.ndarray], current: np.ndarray) -> dict:
+    """Store an opt-out's templates for the index's model and for every other built-in pack, made from the
+    reference photos while they are at hand, so that the opt-out still holds after a reindex. Returns
+    {model key: number of templates}."""
+    ensure_tables(fi.catalog)
+    store_templates(fi.catalog, reference, fi.pack.key, current)
+    made = {fi.pack.key: len(current)}
+    for p in packs.builtin().values():
+        if p.key == fi.pack.key:
+            continue
+        pipe = FacePipeline(fi.settings.model_copy(update={"model": p.name}), pack=p)
+        found = [faces[0].embedding for faces in (pipe.faces(px, True) for px in pixels) if faces]
+        if found:
+            store_templates(fi.catalog, reference, p.key, np.stack(found))
+        made[p.key] = len(found)
+    return made
+
+
+def forget_templates(cat, reference: str) -> None:
+    """Drop an opt-out's templates of every model (the opt-out was withdrawn)."""
+    ensure_tables(cat)
+    with cat.transaction():
+        cat.db.execute("DELETE FROM optout_models WHERE reference=?", (reference,))

@@ -313,15 +313,16 @@ def create_app(settings: Settings) -> FastAPI:
                     confirmed_by=c["confirmed_by"], confirmation=c["status"]))
             out.append(S.ProbeOut(face=face_out(r.face), gallery_size=r.gallery_size,
                                   expected_false_candidates=r.expected_false_candidates, candidates=cands))
-        return S.SearchOut(notice=NOTICE, purpose=purpose, case=case, results=out)
+        return S.SearchOut(notice=NOTICE, model=fi.pack.name, purpose=purpose, case=case, results=out)
 
     @app.post("/v1/verify", response_model=S.VerifyOut, tags=["search"])
     async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
                      purpose: Annotated[str, Form()], case: Annotated[str, Form()]) -> S.VerifyOut:
         da, db = await read_image(a), await read_image(b)
         with lock:
-            v = as_(p).verify(da, db, purpose=purpose, case=case)
-        return S.VerifyOut(similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
+            fi = as_(p)
+            v = fi.verify(da, db, purpose=purpose, case=case)
+        return S.VerifyOut(model=fi.pack.name, similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
                            same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
 
     @app.post("/v1/confirmations", response_model=S.ConfirmOut, tags=["search"])

@@ -51,12 +51,14 @@ class ProbeOut(BaseModel):
 
 class SearchOut(BaseModel):
     notice: str
+    model: str = ""  # the model pack that made the embeddings (faceindex models list)
     purpose: str
     case: str
     results: list[ProbeOut]
 
 
 class VerifyOut(BaseModel):
+    model: str = ""
     similarity: float
     fmr: float
     decision: str

@@ -605,7 +605,8 @@ function renderResults(out) {
   root.replaceChildren();
   const head = h("div", { class: "results-head" },
     h("h2", { tabindex: "-1", id: "results-title" }, "Candidate leads"),
-    h("p", { class: "muted small" }, `Purpose `, h("strong", {}, out.purpose), ` · case `, h("strong", {}, out.case)),
+    h("p", { class: "muted small" }, `Purpose `, h("strong", {}, out.purpose), ` · case `, h("strong", {}, out.case),
+      ` · model `, h("strong", { id: "results-model", title: "The model pack that made the embeddings" }, out.model)),
   );
   root.append(head);
   for (const r of out.results) {
