@@ -39,10 +39,11 @@ import numpy as np
 
 from faceindex.catalog import Catalog, now
 from faceindex.config import Settings
-from faceindex.engine import CATALOG_FILE, INDEX_FILE, FaceIndex
+from faceindex.engine import CATALOG_FILE, FaceIndex
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors.faiss import FaissIndex
+from faceindex.vectors.manager import INDEX_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw"

@@ -1,0 +1,170 @@
+"""Ingest: index every face of every image under some paths (incremental, parallel, crash-safe), and forget them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import images, privacy
+from .errors import ImageError, PolicyError
+from .pipeline import FileFailure, ImageResult, analyse_files
+from .search import matches_any
+from .types import AddReport, FileError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .engine import FaceIndex
+
+    Progress = Callable[[str, dict], None]
+
+CHECKPOINT_SECONDS = 120.0  # the vector index is saved at least this often during a long add
+
+
+def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", *, workers: int | None = None,
+        progress: Progress | None = None, within: list[Path] | None = None) -> AddReport:
+    """Index every face of every image under `paths` (files or folders, recursively).
+
+    Unchanged files are skipped, files whose content is already indexed (moved or copied) keep their faces,
+    bad files are reported in the result and never stop the batch.
+    """
+    fi._allow("ingest")
+    t0 = time.perf_counter()
+    report = AddReport(source=source)
+    emit = progress or (lambda _event, _info: None)
+    fi.catalog.check_model(fi.spec.key)
+    source_id = fi.catalog.source_id(source, create=True)
+    if fi.policy.require_source_basis and privacy.get_source(fi, source)["basis"] == "unspecified":
+        raise PolicyError(f"source {source!r} has no legal basis; register it with "
+                          f"`faceindex source add {source} --basis ...`")
+    _ = fi.index  # load (and repair) before we change anything
+    optouts = fi.catalog.optout_templates(fi.spec.dim)
+    optout_threshold = privacy.optout_threshold(fi)
+
+    files: list[Path] = []
+    for root in paths:
+        found, problems = images.iter_image_files(Path(root))
+        files += found
+        report.errors += [FileError(str(p), why) for p, why in problems]
+    if within is not None:  # server-side ingest: nothing outside the allowed roots, symlinks included
+        roots = [os.path.realpath(r) for r in within]
+        inside = [f for f in files if _is_within(os.path.realpath(f), roots)]
+        report.errors += [FileError(str(f), "outside the allowed ingest roots") for f in files if f not in inside]
+        files = inside
+    report.files_seen = len(files)
+    emit("scan", {"files": len(files)})
+
+    known = fi.catalog.file_states(source_id)
+    todo: list[tuple[str, int, int]] = []  # (path, size, mtime_ns)
+    by_sha: dict[str, list[tuple[str, int, int]]] = {}
+    for f in files:
+        path = os.path.abspath(f)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            report.errors.append(FileError(path, f"cannot read file: {e.strerror or e}"))
+            emit("file", {"path": path, "error": True})
+            continue
+        state = known.get(path)
+        if state is not None and state.size == st.st_size and state.mtime_ns == st.st_mtime_ns:
+            report.unchanged += 1
+            emit("file", {"path": path, "skipped": True})
+            continue
+        try:
+            data = images.read_bytes(path, fi.settings.max_file_bytes)
+        except ImageError as e:
+            report.errors.append(FileError(path, str(e)))
+            emit("file", {"path": path, "error": True})
+            continue
+        sha = images.sha256_bytes(data)
+        image_id = fi.catalog.image_id_by_sha(sha)
+        if image_id is not None:  # content already indexed: moved, copied or touched
+            removed = fi.catalog.put_file(source_id, path, image_id, st.st_size, st.st_mtime_ns)
+            fi.vectors.apply([], [], removed)
+            report.moved_or_copied += 1 if state is None else 0
+            report.unchanged += 1 if state is not None else 0
+            emit("file", {"path": path, "skipped": True})
+            continue
+        by_sha.setdefault(sha, []).append((path, st.st_size, st.st_mtime_ns))
+    for group in by_sha.values():
+        todo.append(group[0])
+    duplicates = {group[0][0]: group[1:] for group in by_sha.values() if len(group) > 1}
+    emit("analyse", {"files": len(todo)})
+
+    workers = max(1, workers or fi.settings.workers)
+    stat_of = {p: (size, mtime) for p, size, mtime in todo}
+    pending: list[ImageResult] = []
+    last_flush = last_checkpoint = time.monotonic()
+
+    def flush() -> None:
+        with fi.catalog.transaction():
+            added_ids, added_vecs, removed_all = [], [], []
+            for r in pending:
+                size, mtime = stat_of[r.path]
+                faces = r.faces
+                if len(optouts) and faces:  # opted-out people are never indexed, whatever the source
+                    blocked = matches_any(np.stack([f.embedding for f in faces]), optouts, optout_threshold)
+                    report.skipped_opted_out += int(blocked.sum())
+                    faces = [f for f, b in zip(faces, blocked) if not b]
+                    report.faces_found -= int(blocked.sum())
+                image_id, ids, removed = fi.catalog.add_image(
+                    source_id, r.path, mtime, r.sha256, r.size, r.width, r.height, faces)
+                removed_all += removed
+                if ids:
+                    added_ids += ids
+                    added_vecs += [f.embedding for f in faces]
+                for dup_path, dsize, dmtime in duplicates.get(r.path, []):
+                    fi.catalog.put_file(source_id, dup_path, image_id, dsize, dmtime)
+                    report.moved_or_copied += 1
+        fi.vectors.apply(added_ids, added_vecs, removed_all)
+        pending.clear()
+
+    try:
+        for res in analyse_files([p for p, _, _ in todo], fi.settings, workers,
+                                 fi._pipeline if workers == 1 else None):
+            if isinstance(res, FileFailure):
+                report.errors.append(FileError(res.path, res.reason))
+                emit("file", {"path": res.path, "error": True})
+                continue
+            report.images_indexed += 1
+            report.faces_found += len(res.faces)
+            report.images_without_faces += 0 if res.faces else 1
+            pending.append(res)
+            emit("file", {"path": res.path, "faces": len(res.faces)})
+            now = time.monotonic()
+            if len(pending) >= 64 or now - last_flush > 2.0:
+                flush()
+                last_flush = now
+            if now - last_checkpoint > CHECKPOINT_SECONDS:
+                fi.vectors.save()
+                last_checkpoint = now
+    finally:
+        if pending:
+            flush()
+        fi.vectors.finish_batch()
+    report.seconds = time.perf_counter() - t0
+    summary = report.as_dict()
+    summary["errors"] = len(report.errors)
+    fi._record("ingest", details={"paths": [os.fspath(p) for p in paths], **summary,
+                                    "gallery": fi._gallery_state()})
+    return report
+
+
+def remove(fi: FaceIndex, path: str | os.PathLike, source: str | None = None) -> dict[str, int]:
+    """Forget the files at `path` (a file or folder) in one source (or all): faces, embeddings, index."""
+    fi._allow("delete")
+    source_id = fi.catalog.source_id(source) if source is not None else None
+    files, imgs, face_ids = fi.catalog.remove_files(source_id, os.path.abspath(path))
+    fi.vectors.forget(face_ids)
+    result = {"files": files, "images": imgs, "faces": len(face_ids)}
+    fi._record("delete", details={"path": os.path.abspath(path), "source": source, **result,
+                                    "face_ids": face_ids, "gallery": fi._gallery_state()})
+    return result
+
+
+def _is_within(path: str, roots: list[str]) -> bool:
+    return any(os.path.commonpath([path, r]) == r for r in roots)
