@@ -26,7 +26,8 @@ from .catalog import Catalog, FaceRecord
 from .config import Settings
 from .crops import crop_jpeg as crop_jpeg  # re-exported: the CLI writes crops of search results
 from .errors import AccessDenied, EvaluationError, PolicyError
-from .models.dlib import RESNET_SPEC
+from .models import packs
+from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
@@ -58,6 +59,7 @@ class FaceIndex:
 
     policy = _Shared()
     calibration = _Shared()
+    pack = _Shared()
     _pipeline = _Shared()
 
     def __init__(self, settings: Settings) -> None:
@@ -65,9 +67,14 @@ class FaceIndex:
         self.data = settings.resolved_data()
         self.data.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.data / CATALOG_FILE)
-        self.spec = RESNET_SPEC
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
-        self.calibration = calib.load(self.spec.calibration, self.data / "calibration.json")
+        # the model pack: the one the catalog records, else --model (a new index), else the default; recorded now
+        recorded = self.catalog.get_meta("model")
+        self.pack = packs.for_index(settings, recorded)
+        if recorded is None:
+            self.catalog.check_model(self.pack.key)
+        self.settings = settings.model_copy(update={"model": self.pack.name})  # worker processes build this pack
+        self.calibration = packs.calibration_for(self.pack, self.data)
         self._pipeline = None
         self._lock = threading.RLock()
         self.vectors = IndexManager(self.catalog, self.data, self.spec, settings.exact_threshold, settings.nprobe)
@@ -124,11 +131,26 @@ class FaceIndex:
 
     # --- components --------------------------------------------------------------------------------------------
     @property
+    def spec(self) -> ModelSpec:
+        """The embedding model's identity (key, dim, calibration table) of this index's pack."""
+        return self.pack.spec
+
+    @property
     def pipeline(self) -> FacePipeline:
         with self._lock:
             if self._pipeline is None:
-                self._pipeline = FacePipeline(self.settings)
+                self._pipeline = FacePipeline(self.settings, pack=self.pack)
             return self._pipeline
+
+    def _use_pack(self, pack: ModelPack) -> None:
+        """Switch this engine (and its views) to another pack after a reindex swapped the catalog to it."""
+        with self._lock:
+            self.pack = pack
+            self._root.settings = self._root.settings.model_copy(update={"model": pack.name})
+            self.settings = self.settings.model_copy(update={"model": pack.name})
+            self.calibration = packs.calibration_for(pack, self.data)
+            self._pipeline = None
+            self.vectors.switch_model(pack.spec)
 
     @property
     def index(self) -> FaissIndex:
@@ -285,7 +307,7 @@ class FaceIndex:
                     f"only {cal.impostor_pairs} different-person pairs: too few to calibrate false-match rates down "
                     f"to {self.calibration.strong_fmr:g} (need {MIN_CALIBRATION_PAIRS}); calibration not changed")
             path = ev.write_calibration(cal, self.data)
-            self.calibration = calib.load(self.spec.calibration, path)
+            self.calibration = packs.calibration_for(self.pack, self.data)
             self._record("policy.change", details={"calibration": str(path), "source": cal.source,
                                                    "impostor_pairs": cal.impostor_pairs})
         return result
@@ -342,7 +364,8 @@ class FaceIndex:
             "optouts": len(self.catalog.optouts()),
             "audit_records": self.audit.count(),
             "model": self.catalog.get_meta("model") or self.spec.key,
-            "detector": self.settings.detector,
+            "model_pack": self.pack.name,
+            "detector": self.settings.detector if self.pack.name == "dlib" else self.pack.detector,
             "index_kind": index.kind,
             "index_count": index.count,
             "generation": self.catalog.generation,

@@ -56,6 +56,15 @@ class IndexManager:
                 self._gen = gen
             return self._index
 
+    def switch_model(self, spec) -> None:
+        """Another model's embeddings are in the catalog now (a reindex): drop the index, rebuild on next use."""
+        with self.lock:
+            self.spec = spec
+            self._index = None
+            self._gen = -1
+            self._trained_n = 0
+            self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)
+
     @property
     def loaded(self) -> FaissIndex | None:
         return self._index
