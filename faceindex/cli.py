@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .cli_models import models_app
+from .cli_models import reindex as _reindex
 from .config import Settings
 from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError, PolicyError
 
@@ -44,6 +45,7 @@ policy_app = typer.Typer(help="The data folder's policy (purposes, thresholds); 
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(models_app, name="models")
+app.command("reindex")(_reindex)
 
 Purpose = Annotated[str | None, typer.Option(help="why this search is made (must be an allowed purpose)")]
 Case = Annotated[str | None, typer.Option("--case", help="case or request reference, recorded in the audit trail")]

@@ -99,3 +99,37 @@ def models_add(folder: Annotated[Path, typer.Argument(help="a folder with pack.t
         raise _fail(ModelError(f"cannot copy the pack: {e}")) from e
     out.print(f"added model pack {pack.name} ({pack.key}); use it for a new index with --model {pack.name}",
               markup=False, highlight=False)
+
+
+def reindex(
+    model: Annotated[str, typer.Option("--model", help="the model pack to move the index to (faceindex models list)")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+) -> None:
+    """Re-embed every face into another model pack, keeping people and names; swapped in atomically.
+
+    Reads every image again from its files (still on disk, same content); a killed run resumes where it stopped
+    and the old model stays in use until the swap. Faces whose file is gone are removed and listed.
+    """
+    from .cli import _emit_json, _open, _progress, _tracker
+
+    try:
+        with _open() as fi, _progress(as_json) as bar:
+            report = fi.reindex(model, progress=_tracker(bar, "re-embedding"))
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json(report)
+    else:
+        out.print(f"index moved from {report['from']} to {report['to']}: {report['faces']} faces re-embedded "
+                  f"({report['found_again']} found again by the new detector, {report['reembedded_at_old_box']} "
+                  f"at their old box); {report['new_faces_not_added']} faces only the new detector sees were not "
+                  "added", markup=False, highlight=False)
+        gone = report["faces_removed_file_gone"]
+        if gone:
+            err.print(f"{len(gone)} faces removed: their image's file is gone or changed", markup=False)
+            for g in gone:
+                err.print(f"  face {g['face_id']}: {g['path']}", markup=False, highlight=False)
+    for ref in report["optouts_needing_photos"]:
+        err.print(f"WARNING: opt-out {ref} has no template for model {report['model']} and is NOT enforced until "
+                  f"its reference photos are given again: faceindex optout add PHOTOS --reference {ref}",
+                  markup=False, highlight=False)

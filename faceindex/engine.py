@@ -277,6 +277,27 @@ class FaceIndex:
         """Delete files older than their source's retention period (and faces no other file holds). Audited."""
         return privacy.retention_apply(self, at)
 
+    # --- model packs -------------------------------------------------------------------------------------------
+    def reindex(self, model: str, progress: Progress | None = None) -> dict:
+        """Re-embed every face into model pack `model` from the files still on disk and swap it in atomically.
+
+        Faces keep their ids, people and names; a killed run resumes; the old model serves until the swap. The
+        report lists faces whose file is gone (deleted at the swap) and opt-outs that need their reference photos
+        again (no template for the new model). Audited. See `reindex.reindex`.
+        """
+        from . import reindex as rx
+
+        self._allow("ingest")
+        self._allow("policy")
+        report = rx.reindex(self, model, progress)
+        self._use_pack(packs.get(model, self.data))
+        _ = self.index  # rebuilt from the new embeddings
+        self.save()
+        self._record("reindex", details={
+            **{k: v for k, v in report.items() if k != "faces_removed_file_gone"},
+            "faces_removed_file_gone": [f["face_id"] for f in report["faces_removed_file_gone"]]})
+        return report
+
     # --- policy and calibration --------------------------------------------------------------------------------
     def set_policy(self, **changes) -> policies.Policy:
         """Change policy fields (validated), save the file and audit the change."""

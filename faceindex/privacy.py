@@ -30,11 +30,12 @@ def access_threshold(fi: FaceIndex) -> float:
     return fi.calibration.threshold_for(fi.policy.access_fmr)
 
 
-def _templates(fi: FaceIndex, photos: list[ImageInput]) -> np.ndarray:
+def _templates(fi: FaceIndex, photos: list[ImageInput], loaded: list | None = None) -> np.ndarray:
     """The largest face of each reference photo; the photos themselves are never stored."""
     if not photos:
         raise ValueError("at least one photo of the person is needed")
-    return np.stack([search.probe_faces(fi, search.load(fi, p), True)[0].embedding for p in photos])
+    loaded = loaded if loaded is not None else [search.load(fi, p) for p in photos]
+    return np.stack([search.probe_faces(fi, x, True)[0].embedding for x in loaded])
 
 
 def _matching_faces(fi: FaceIndex, templates: np.ndarray, threshold: float) -> dict[int, float]:
@@ -50,18 +51,32 @@ def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str) -> dict:
     """Register a person's opt-out: delete every matching face now, and block them from now on.
 
     Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored).
+    Templates are also made with every other built-in model pack while the photos are at hand, so the opt-out
+    still holds after a reindex into another model. An existing opt-out left without a template for this index's
+    model (by a reindex) is renewed from the photos.
     """
+    from . import reindex
+
     fi._allow("privacy")
     reference = check_reference(reference)
-    templates = _templates(fi, photos)
+    loaded = [search.load(fi, p) for p in photos]
+    templates = _templates(fi, photos, loaded)
+    renew = any(o["reference"] == reference and o["templates"] == 0 for o in fi.catalog.optouts())
     matches = _matching_faces(fi, templates, optout_threshold(fi))
     images_affected = delete_faces(fi, sorted(matches))
     receipt = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
                "faces_removed": len(matches), "images_affected": images_affected,
-               "threshold": round(optout_threshold(fi), 5), "threshold_fmr": fi.policy.optout_fmr}
-    fi.catalog.add_optout(reference, fi.settings.actor, templates, receipt)
-    fi._record("optout.add", case=reference, details={**receipt, "face_ids": sorted(matches),
-                                                         "gallery": fi._gallery_state()})
+               "threshold": round(optout_threshold(fi), 5), "threshold_fmr": fi.policy.optout_fmr,
+               "model": fi.pack.key}
+    if renew:
+        receipt["renewed"] = True
+        reindex.renew_optout(fi.catalog, reference, templates)
+    else:
+        fi.catalog.add_optout(reference, fi.settings.actor, templates, receipt)
+    receipt["templates_per_model"] = reindex.keep_templates_for_all_packs(
+        fi, reference, [x.pixels for x in loaded], templates)
+    fi._record("optout.renew" if renew else "optout.add", case=reference,
+               details={**receipt, "face_ids": sorted(matches), "gallery": fi._gallery_state()})
     return receipt
 
 
@@ -72,8 +87,11 @@ def optouts(fi: FaceIndex) -> list[dict]:
 
 def optout_remove(fi: FaceIndex, reference: str) -> None:
     """Withdraw an opt-out (its faces are not restored; new photos will be indexed again). Audited."""
+    from . import reindex
+
     fi._allow("privacy")
     fi.catalog.remove_optout(reference)
+    reindex.forget_templates(fi.catalog, reference)
     fi._record("optout.remove", case=reference, details={"reference": reference})
 
 

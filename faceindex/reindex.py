@@ -100,6 +100,7 @@ def reindex(fi, model: str, progress: Progress | None = None) -> dict:
     current = cat.get_meta("model")
     if current == target.key:
         raise ModelError(f"this index already holds embeddings of model {target.name} ({target.key})")
+    packs.calibration_for(target, fi.data)  # the new model must be usable after the swap: checked before any work
     ensure_tables(cat)
     if cat.get_meta("reindex_model") != target.key:  # a run for another model was left over: start afresh
         _clear_staging(cat)
@@ -145,7 +146,9 @@ def reindex(fi, model: str, progress: Progress | None = None) -> dict:
                 emit("file", {"path": path, "faces": len(old)})
         if stop_after and start + BATCH >= stop_after:
             os._exit(137)
-    return _swap(fi, target, current)
+    report = _swap(fi, target, current)
+    report["resumed_images"] = total - len(todo)
+    return report
 
 
 def _swap(fi, target, current: str | None) -> dict:
@@ -228,3 +231,10 @@ def forget_templates(cat, reference: str) -> None:
     ensure_tables(cat)
     with cat.transaction():
         cat.db.execute("DELETE FROM optout_models WHERE reference=?", (reference,))
+
+
+def renew_optout(cat, reference: str, templates: np.ndarray) -> None:
+    """Put templates back in force for an opt-out a reindex left without any for the index's model."""
+    t = np.ascontiguousarray(templates, dtype=np.float32)
+    with cat.transaction():
+        cat.db.execute("UPDATE optouts SET templates=?, n_templates=? WHERE reference=?", (t.tobytes(), len(t), reference))
