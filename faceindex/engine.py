@@ -25,7 +25,7 @@ from .audit import key_actor as key_actor  # re-exported for the server
 from .catalog import Catalog, FaceRecord
 from .config import Settings
 from .crops import crop_jpeg as crop_jpeg  # re-exported: the CLI writes crops of search results
-from .errors import AccessDenied, EvaluationError, PolicyError
+from .errors import AccessDenied, EvaluationError, FaceIndexError, PolicyError
 from .models import packs
 from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
@@ -70,7 +70,11 @@ class FaceIndex:
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
         # the model pack: the one the catalog records, else --model (a new index), else the default; recorded now
         recorded = self.catalog.get_meta("model")
-        self.pack = packs.for_index(settings, recorded)
+        try:
+            self.pack = packs.for_index(settings, recorded)
+        except FaceIndexError:
+            self.catalog.close()
+            raise
         if recorded is None:
             self.catalog.check_model(self.pack.key)
         self.settings = settings.model_copy(update={"model": self.pack.name})  # worker processes build this pack

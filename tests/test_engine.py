@@ -22,7 +22,7 @@ def test_index_holds_every_image(built_index, gallery_dir):
     assert s["images"] == len(PEOPLE) * PER_PERSON + 80
     assert s["faces"] >= s["images"] - s["images_without_faces"]
     assert s["index_count"] == s["faces"] and s["index_kind"] == "exact"
-    assert s["model"] == "dlib_resnet_v1@1/128"
+    assert s["model"] == "yunet-omz95@1/256" and s["model_pack"] == "yunet-omz95"  # the default for a new index
 
 
 def test_search_finds_the_enrolled_person_first(built_index):
@@ -190,6 +190,17 @@ def test_refuses_to_mix_models(tmp_path):
         fi.catalog.check_model(fi.spec.key)
         with pytest.raises(ModelError, match="refusing to mix"):
             fi.catalog.check_model("some_other_model@2/512")
+    # the model is chosen when an index is made, recorded, and kept when it is opened again
+    with FaceIndex.open(tmp_path / "old", model="dlib") as fi:
+        assert fi.catalog.get_meta("model") == "dlib_resnet_v1@1/128" and fi.spec.dim == 128
+    with FaceIndex.open(tmp_path / "old") as fi:  # no --model: the recorded one, not the default
+        assert fi.pack.name == "dlib" and fi.pipeline.spec.key == "dlib_resnet_v1@1/128"
+        assert fi.calibration.model == "dlib_resnet_v1@1/128" and fi.settings.model == "dlib"
+    with pytest.raises(ModelError, match="holds embeddings of model dlib .*refusing to mix in yunet-omz95") as e:
+        FaceIndex.open(tmp_path / "old", model="yunet-omz95")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match="unknown model pack 'nope'"):
+        FaceIndex.open(tmp_path / "new", model="nope")
 
 
 def test_low_quality_faces_are_kept_but_not_candidates(tmp_path, gallery_dir):

@@ -238,7 +238,7 @@ def test_evaluate_end_to_end_on_lfw(tmp_path):
     o = saved["open_set"]
     assert (o["gallery"], o["mated_probes"], o["nonmated_probes"]) == (9, 18, 3) and o["rank1"] > 0.9
     assert len(saved["curves"]["fmr"]) == len(saved["curves"]["fnmr"]) > 10
-    assert saved["settings"]["detector"] == "hog" and saved["model"].startswith("dlib_resnet_v1")
+    assert saved["settings"]["model"] is None and saved["model"] == "yunet-omz95@1/256"  # the default pack
 
     png = out / "evaluation.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -248,7 +248,7 @@ def test_evaluate_end_to_end_on_lfw(tmp_path):
     data = tmp_path / "data"
     path = write_calibration(Calibration.from_json(r["calibration"]["table"]), data)
     assert path == data / "calibration.json"
-    cal = calibration.load("dlib_resnet_v1", path)
+    cal = calibration.load("yunet-omz95", path)
     assert cal.impostor_pairs == c["impostor_pairs"] and cal.genuine_pairs == 36  # ours, not the shipped table
     f = np.asarray(cal.fmr_at(np.linspace(-1.0, 1.0, 401)))
     assert np.all(np.diff(f) <= 0) and f[0] > 0.99 and f[-1] == pytest.approx(cal.fmr_floor)

@@ -51,7 +51,7 @@ def test_embeddings_normalised_and_discriminative(pipe):
     a1, a2 = pipe.faces(_load(lfw("Tony_Blair", 1)))[0], pipe.faces(_load(lfw("Tony_Blair", 2)))[0]
     b = pipe.faces(_load(lfw("Serena_Williams", 1)))[0]
     for f in (a1, a2, b):
-        assert f.embedding.shape == (128,) and f.embedding.dtype == np.float32
+        assert f.embedding.shape == (pipe.spec.dim,) and f.embedding.dtype == np.float32
         assert abs(np.linalg.norm(f.embedding) - 1) < 1e-5
         assert len(f.landmarks) == 5
     assert float(a1.embedding @ a2.embedding) > float(a1.embedding @ b.embedding) + 0.03
