@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ModelError
 from .base import ARCFACE_112, Alignment, InputSpec, ModelPack, PackFile, scaled_template
 
-DEFAULT = "dlib"  # the pack of a new index
+DEFAULT = "yunet-omz95"  # the pack of a new index (dlib: the model of faceindex 0.1)
 PACKS_DIR = "packs"  # user packs live in <data>/packs/<name>/ (see models/userpack.py)
 FILES = Path(__file__).resolve().parent / "files"
 
