@@ -228,3 +228,24 @@ def test_yunet_omz95_fallback_landmarks_a_cnn_box(yunet_pipe):
 def test_nothing_found_means_no_faces(yunet_pipe):
     blank = np.full((240, 320, 3), 127, np.uint8)
     assert yunet_pipe.faces(blank, fallback=True) == []
+
+
+@needs_lfw
+def test_user_pack_round_trip_through_an_index(tmp_path):
+    """A pack added with `models add` makes an index: YuNet faces, its ONNX embedder, its calibration, its key."""
+    from faceindex import FaceIndex
+
+    from .conftest import lfw
+
+    data = tmp_path / "data"
+    run("models", "add", tiny_pack(tmp_path / "tiny"), data=data, check=0)
+    with FaceIndex.open(data, model="tiny") as fi:
+        assert fi.pack.name == "tiny" and fi.calibration.model == "tiny@1/16"
+        rep = fi.add([lfw("Tony_Blair", 1), lfw("Colin_Powell", 1)], "s", workers=2)  # worker processes too
+        assert rep.ok and rep.faces_found == 2
+        assert {len(b) for (b,) in fi.catalog.db.execute("SELECT embedding FROM faces")} == {16 * 4}
+        res = fi.search(lfw("Tony_Blair", 1), top=1, purpose="testing", case="T-1")[0]
+        assert res.matches[0].similarity > 0.999  # the same photo: the same 16-d embedding
+    s = json.loads(run("stats", "--json", data=data, check=0).stdout)
+    assert s["model"] == "tiny@1/16" and s["model_pack"] == "tiny"
+    assert run("--model", "dlib", "stats", data=data).returncode == ModelError.exit_code
