@@ -5,7 +5,9 @@ face_recognition.face_encodings (same dlib ResNet model, 5-point alignment) in o
 It needs `pip install --no-deps face_recognition` (its declared dlib dependency would build dlib from source;
 dlib-bin already provides the module).
 
-    python benchmarks/ingest.py [--images 600] [--backend auto|onnx|dlib ...]
+    python benchmarks/ingest.py [--images 600] [--model yunet-omz95 dlib] [--backend auto|onnx|dlib ...]
+
+--backend applies to the dlib pack (its embedder's runtime); yunet-omz95 always runs on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def sample(n: int) -> list[Path]:
     return files[::step][:n]
 
 
-def run_faceindex(files: list[Path], workers: int, backend: str, flip: bool) -> tuple[float, int]:
+def run_faceindex(files: list[Path], workers: int, backend: str, flip: bool, model: str) -> tuple[float, int]:
     from faceindex import FaceIndex
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +39,7 @@ def run_faceindex(files: list[Path], workers: int, backend: str, flip: bool) -> 
         src.mkdir()
         for f in files:
             (src / f.name).symlink_to(f)
-        with FaceIndex.open(Path(tmp) / "data", backend=backend, flip=flip) as fi:
+        with FaceIndex.open(Path(tmp) / "data", model=model, backend=backend, flip=flip) as fi:
             t = time.perf_counter()
             rep = fi.add([src], "bench", workers=workers)
             secs = time.perf_counter() - t
@@ -60,7 +62,9 @@ def run_face_recognition(files: list[Path]) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=600)
-    ap.add_argument("--backend", nargs="+", default=["dlib", "onnx"], choices=["dlib", "onnx", "auto"])
+    ap.add_argument("--model", nargs="+", default=["yunet-omz95", "dlib"], help="model packs to measure")
+    ap.add_argument("--backend", nargs="+", default=["dlib", "onnx"], choices=["dlib", "onnx", "auto"],
+                    help="runtimes of the dlib pack's embedder")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
@@ -77,10 +81,12 @@ def main() -> None:
     except ImportError:
         base = None
         print("face_recognition not installed: pip install --no-deps face_recognition (baseline skipped)")
-    for backend in args.backend:
+    runs = [(m, b) for m in args.model for b in (args.backend if m == "dlib" else ["auto"])]
+    for model, backend in runs:
         for w in sorted({1, args.workers}):
-            secs, faces = run_faceindex(files, w, backend, args.flip)
-            rows.append((f"faceindex add, backend {backend}", w, secs, faces))
+            secs, faces = run_faceindex(files, w, backend, args.flip, model)
+            name = f"faceindex add, {model}" + (f", backend {backend}" if model == "dlib" else "")
+            rows.append((name, w, secs, faces))
     print(f"{'pipeline':40} {'workers':>7} {'seconds':>8} {'images/s':>9} {'faces/s':>8} {'img/s/core':>10}"
           f" {'vs baseline/core':>16}")
     one_worker: dict[str, float] = {}

@@ -25,7 +25,7 @@ def export(folder: str) -> None:
     from faceindex.pipeline import FacePipeline
 
     os.makedirs(folder, exist_ok=True)
-    p = FacePipeline(Settings(backend="onnx"))
+    p = FacePipeline(Settings(model="dlib", backend="onnx"))  # the dlib pack's models
     out = []
     for f in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lfw", "images",
                                            "A*", "*.jpg")))[:64]:

@@ -14,7 +14,8 @@ the catalog work: low-quality exclusion list, gallery count, records of the 10 r
 and on all cores. recall@10 is measured against exact inner-product search over the same gallery.
 
 Real embeddings: the largest bench-out/lfw-*.npz (written by benchmarks/lfw.py, or by this script) with enough
-rows; otherwise this script embeds a sample of LFW images with FacePipeline(Settings()) once and caches it there.
+rows; otherwise this script embeds a sample of LFW images with FacePipeline(Settings(model="dlib")) once and caches it
+there.
 
     python benchmarks/search.py [--sizes 100000,1000000] [--queries 1000] [--nprobes 16,32,48,64,128]
 """
@@ -98,7 +99,7 @@ def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from faceindex.pipeline import FacePipeline
 
-    _pipe = FacePipeline(Settings())
+    _pipe = FacePipeline(Settings(model="dlib"))
 
 
 def _embed(path: str) -> np.ndarray | None:
@@ -129,7 +130,7 @@ def embed_sample(n_images: int, workers: int, rng: np.random.Generator) -> tuple
             names.append(person)
         if len(paths) >= n_images:
             break
-    print(f"embedding {len(paths)} LFW images with FacePipeline(Settings()) on {workers} processes "
+    print(f"embedding {len(paths)} LFW images with FacePipeline(Settings(model='dlib')) on {workers} processes "
           "(once; cached in bench-out/) ...", file=sys.stderr, flush=True)
     import multiprocessing as mp
 
@@ -144,7 +145,7 @@ def embed_sample(n_images: int, workers: int, rng: np.random.Generator) -> tuple
     keep = [i for i, e in enumerate(out) if e is not None]
     emb = np.stack([out[i] for i in keep]).astype(np.float32)
     names_arr = np.array([names[i] for i in keep])
-    s = Settings()
+    s = Settings(model="dlib")
     cache = ROOT / "bench-out" / f"lfw-sample-{s.backend}-{s.detector}-{'flip' if s.flip else 'noflip'}-{len(emb)}.npz"
     cache.parent.mkdir(exist_ok=True)
     np.savez(cache, emb=emb, names=names_arr, paths=np.array([paths[i] for i in keep]),
@@ -323,7 +324,7 @@ def bench_size(data: Path, gallery: np.ndarray, quality: np.ndarray, queries: np
                mates: list[set[int]], args: argparse.Namespace, nprobes: list[int],
                thread_counts: list[int]) -> tuple[list, list]:
     """Build a catalog of `gallery` in `data`, time opening it, and measure search; returns (rows, sweep rows)."""
-    settings = Settings()
+    settings = Settings(model="dlib")
     size = len(gallery)
     cores = max(thread_counts)
     ids = np.arange(1, size + 1, dtype=np.int64)
@@ -439,7 +440,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    settings = Settings()
+    settings = Settings(model="dlib")
     nprobes = sorted({int(p) for p in args.nprobes.split(",")} | {settings.nprobe})
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})

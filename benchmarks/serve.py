@@ -38,7 +38,6 @@ from faceindex.engine import FaceIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw" / "images"
-DIM = 128
 TOP = 10
 LANDMARKS = json.dumps([[640.0, 450.0], [610.0, 452.0], [690.0, 450.0], [720.0, 452.0], [665.0, 500.0]])
 
@@ -62,7 +61,7 @@ def pick_images(n_gallery: int, n_probes: int) -> tuple[list[Path], list[Path]]:
 
 def add_distractors(fi: FaceIndex, n: int, seed: int) -> int:
     """Write n synthetic faces (one image and one file each) into the catalog; returns how many faces it holds."""
-    parts = list(fi.catalog.embeddings(dim=DIM))
+    parts = list(fi.catalog.embeddings(dim=fi.spec.dim))
     real = np.concatenate([p[1] for p in parts]).astype(np.float64)
     rng = np.random.default_rng(seed)
     vecs = rng.multivariate_normal(real.mean(axis=0), np.cov(real, rowvar=False), size=n, method="eigh")
