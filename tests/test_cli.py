@@ -80,7 +80,7 @@ def test_search_verify_people_remove(tmp_path):
     p = run("search", lfw("Serena_Williams", PER_PERSON + 1), lfw("Tony_Blair", 20), "--top", "3", "--json",
             "--largest", *WHY, data=data, check=0)
     out = json.loads(p.stdout)
-    assert "not identifications" in out["notice"]
+    assert "not identifications" in out["notice"] and out["model"] == "yunet-omz95"
     assert [person_of(r["candidates"][0]["path"]) for r in out["results"]] == ["Serena_Williams", "Tony_Blair"]
     c = out["results"][0]["candidates"][0]
     assert set(c) >= {"similarity", "fmr", "label", "path", "source", "box", "expected_false"}

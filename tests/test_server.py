@@ -563,6 +563,7 @@ def test_ingest_path_traversal(env, server):
     # the outside face is not in the gallery: its own photo finds no near-identical candidate
     r = search(c, env.keys["investigator"], secret, top=50)
     assert r.status_code == 200, r.text
+    assert r.json()["model"] == "yunet-omz95"  # which pack made the embeddings
     cands = [x for p in r.json()["results"] for x in p["candidates"]]
     assert cands and max(x["similarity"] for x in cands) < 0.95, cands[:3]
     assert not {x["path"] for x in cands} & {"secret.jpg", "leak.jpg"}

@@ -211,6 +211,7 @@ def test_two_person_confirmation_then_audit(page, server):
     expect(nav.get_by_role("link", name="Privacy")).to_be_hidden()
 
     run_search(page, probe, case)
+    expect(page.locator("#results-model")).to_have_text("yunet-omz95")  # which pack made the embeddings
     first = page.locator(".cand").first
     expect(first.locator(".cand-file")).to_contain_text("Tony_Blair_")
     expect(first).to_contain_text("1 in ")  # FMR shown as "1 in N"
