@@ -13,7 +13,7 @@ import numpy as np
 from . import policy as policies
 from . import search
 from .catalog import now
-from .errors import FaceIndexError, NotFoundError
+from .errors import CatalogError, FaceIndexError, NotFoundError
 
 if TYPE_CHECKING:
     from .engine import FaceIndex
@@ -61,20 +61,23 @@ def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str) -> dict:
     reference = check_reference(reference)
     loaded = [search.load(fi, p) for p in photos]
     templates = _templates(fi, photos, loaded)
-    renew = any(o["reference"] == reference and o["templates"] == 0 for o in fi.catalog.optouts())
+    existing = {o["reference"]: o for o in fi.catalog.optouts()}
+    renew = reference in existing and existing[reference]["templates"] == 0
+    if reference in existing and not renew:
+        raise CatalogError(f"an opt-out with reference {reference!r} already exists")
     matches = _matching_faces(fi, templates, optout_threshold(fi))
     images_affected = delete_faces(fi, sorted(matches))
     receipt = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
                "faces_removed": len(matches), "images_affected": images_affected,
                "threshold": round(optout_threshold(fi), 5), "threshold_fmr": fi.policy.optout_fmr,
                "model": fi.pack.key}
+    receipt["templates_per_model"] = reindex.keep_templates_for_all_packs(
+        fi, reference, [x.pixels for x in loaded], templates)
     if renew:
         receipt["renewed"] = True
         reindex.renew_optout(fi.catalog, reference, templates)
     else:
         fi.catalog.add_optout(reference, fi.settings.actor, templates, receipt)
-    receipt["templates_per_model"] = reindex.keep_templates_for_all_packs(
-        fi, reference, [x.pixels for x in loaded], templates)
     fi._record("optout.renew" if renew else "optout.add", case=reference,
                details={**receipt, "face_ids": sorted(matches), "gallery": fi._gallery_state()})
     return receipt

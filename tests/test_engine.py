@@ -204,9 +204,10 @@ def test_refuses_to_mix_models(tmp_path):
 
 
 def test_low_quality_faces_are_kept_but_not_candidates(tmp_path, gallery_dir):
-    with FaceIndex.open(tmp_path / "data", min_quality=0.99) as fi:  # every face is below this bar
+    with FaceIndex.open(tmp_path / "data", min_quality=1.0) as fi:  # every face is below this bar
         fi.add([gallery_dir / "Hugo_Chavez"], "s", workers=1)
         probe = lfw("Hugo_Chavez", PER_PERSON + 1)
         assert fi.stats()["faces"] > 0
+        assert fi.catalog.db.execute("SELECT MAX(quality) FROM faces").fetchone()[0] < 1.0
         assert fi.search(probe, top=3, **WHY)[0].matches == ()
         assert len(fi.search(probe, top=3, include_low_quality=True, **WHY)[0].matches) == 3
