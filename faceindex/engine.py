@@ -30,7 +30,7 @@ from .models.dlib import RESNET_SPEC
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
-from .vectors.faiss import FaissIndex
+from .vectors.faiss import FaissIndex, HnswIndex
 from .vectors.manager import IndexManager
 
 Progress = Callable[[str, dict], None]
@@ -70,7 +70,7 @@ class FaceIndex:
         self.calibration = calib.load(self.spec.calibration, self.data / "calibration.json")
         self._pipeline = None
         self._lock = threading.RLock()
-        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings.exact_threshold, settings.nprobe)
+        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
         self.audit = AuditLog(self.data / AUDIT_FILE)
         self.policy, sha = policies.load(self.data)
         if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
@@ -85,6 +85,7 @@ class FaceIndex:
         return cls(Settings(data=Path(data), **overrides))
 
     def close(self) -> None:
+        self.vectors.close()
         self.catalog.close()
         self.audit.close()
 
@@ -131,7 +132,7 @@ class FaceIndex:
             return self._pipeline
 
     @property
-    def index(self) -> FaissIndex:
+    def index(self) -> FaissIndex | HnswIndex:
         """The vector index, loaded once and repaired from the catalog when they disagree."""
         return self.vectors.index
 
