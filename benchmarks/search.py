@@ -1,4 +1,5 @@
-"""Search latency, recall@10 and index open/build time of faceindex's own vector index path at 100k and 1M faces.
+"""Search latency, recall@10 and index open/build time of faceindex's own vector index path at 100k and 1M faces,
+against the previous default (IVF-Flat, nprobe 128) over the same gallery in the same run.
 
 Gallery = real LFW face embeddings + synthetic distractors that look like real dlib embeddings: a two-level
 Gaussian (a random "person" centre from the between-person covariance, then each of the person's faces from the
@@ -337,6 +338,8 @@ def bench_size(data: Path, gallery: np.ndarray, quality: np.ndarray, queries: np
     t = time.perf_counter()
     with FaceIndex.open(data) as fi:
         built = fi.index
+        fi.vectors.wait()  # a graph is built beside the exact index that serves meanwhile
+        built = fi.index
         t_build = time.perf_counter() - t
         repaired = fi.repaired
         del built
@@ -366,30 +369,58 @@ def bench_size(data: Path, gallery: np.ndarray, quality: np.ndarray, queries: np
           f"average: {np.mean(truth <= n_real) * K:.2f} real faces, {n_mates:.2f} of the query's own person",
           flush=True)
 
+    # the baseline named in issue 11: the previous default, IVF-Flat at nprobe 128, over the same gallery
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    base = FaissIndex.ivf(DIM, gallery[rng.choice(size, size=min(size, 200_000), replace=False)], 128)
+    base.add(ids, gallery)
+    print(f"baseline IVF-Flat nlist={faiss.extract_index_ivf(base.index).nlist} nprobe=128 built in "
+          f"{time.perf_counter() - t:.1f} s", flush=True)
+
     rows, sweep = [], []
     probes = [[probe_face(q)] for q in queries]
     got = np.empty((len(queries), K), np.int64)
+    got_base = np.empty((len(queries), K), np.int64)
 
     def raw(i: int) -> None:
         got[i] = index.search(queries[i:i + 1], K)[1][0]
 
-    # the index and exact search interleaved (same machine load for both); then the engine, slower, on a budget
-    timed = by_threads({"index": (raw, len(queries)),
+    def raw_base(i: int) -> None:
+        got_base[i] = base.search(queries[i:i + 1], K)[1][0]
+
+    # the index, the baseline and exact search interleaved (same machine load for all); then the engine, on a budget
+    timed = by_threads({"index": (raw, len(queries)), "baseline": (raw_base, len(queries)),
                         "exact": (lambda i: exact.search(queries[i:i + 1], K), min(args.exact_queries, len(queries)))},
                        thread_counts)
     rec, mrec = recall_at_k(got, truth), mate_recall(got, truth, mates)
+    b_rec, b_mrec = recall_at_k(got_base, truth), mate_recall(got_base, truth, mates)
+    # batch throughput: 1,000-query batches on all cores
+    faiss.omp_set_num_threads(cores)
+    batch = np.resize(queries, (1000, DIM)) if len(queries) < 1000 else queries[:1000]
+    qps = {}
+    for name, ix in (("index", index), ("baseline", base)):
+        ix.search(batch[:10], K)
+        t = time.perf_counter()
+        ix.search(batch, K)
+        qps[name] = len(batch) / (time.perf_counter() - t)
+    print(f"batch of {len(batch)} queries on {cores} threads: {index.kind} {qps['index']:,.0f} queries/s; "
+          f"baseline IVF nprobe=128 {qps['baseline']:,.0f} queries/s", flush=True)
     eng = by_threads({"engine": (lambda i: fi.search_faces(probes[i], K), len(queries))}, thread_counts,
                      args.engine_seconds)["engine"]
     for threads in thread_counts:
         a, e, x = timed["index"][threads], eng[threads], timed["exact"][threads]
+        b = timed["baseline"][threads]
         r = dict(size=size, kind=index.kind, nlist=nlist, nprobe=index.nprobe if nlist else 0, build=t_build,
                  open=t_open, threads=threads, p50=ms(a, .5), p99=ms(a, .99), recall=rec, mate=mrec,
-                 eng_p50=ms(e, .5), eng_p99=ms(e, .99), eng_n=len(e), ex_p50=ms(x, .5), ex_p99=ms(x, .99), ex_n=len(x))
+                 eng_p50=ms(e, .5), eng_p99=ms(e, .99), eng_n=len(e), ex_p50=ms(x, .5), ex_p99=ms(x, .99), ex_n=len(x),
+                 b_p50=ms(b, .5), b_p99=ms(b, .99), b_recall=b_rec, b_mate=b_mrec, qps=qps["index"],
+                 b_qps=qps["baseline"], ef=getattr(index, "ef_search", 0))
         rows.append(r)
         print(f"threads={threads}: {index.kind} p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms recall@10 {rec:.4f} "
-              f"same-person recall {mrec:.4f}; search_faces p50 {r['eng_p50']:.1f} ms p99 {r['eng_p99']:.1f} ms "
-              f"({len(e)} queries); exact p50 {r['ex_p50']:.2f} ms p99 {r['ex_p99']:.2f} ms ({len(x)} queries)",
-              flush=True)
+              f"same-person recall {mrec:.4f}; baseline IVF np=128 p50 {r['b_p50']:.2f} ms p99 {r['b_p99']:.2f} ms "
+              f"recall@10 {b_rec:.4f} same-person {b_mrec:.4f} (p50 ratio {r['p50'] / r['b_p50']:.2f}); "
+              f"search_faces p50 {r['eng_p50']:.1f} ms p99 {r['eng_p99']:.1f} ms ({len(e)} queries); "
+              f"exact p50 {r['ex_p50']:.2f} ms p99 {r['ex_p99']:.2f} ms ({len(x)} queries)", flush=True)
 
     # where the engine-level time goes (1 thread)
     faiss.omp_set_num_threads(1)
@@ -418,6 +449,20 @@ def bench_size(data: Path, gallery: np.ndarray, quality: np.ndarray, queries: np
             print(f"nprobe={p}: recall@10 {w['recall']:.4f}, same-person {w['mate']:.4f}, p50 {w['p50']:.2f} ms, "
                   f"p99 {w['p99']:.2f} ms (1 thread)", flush=True)
         index.nprobe = default
+    if index.kind == "hnsw":
+        default = index.ef_search
+        for ef in sorted({32, 48, 64, 96, 128, 192, default}):
+            index.ef_search = ef
+            faiss.omp_set_num_threads(cores)
+            _, found = index.search(queries, K)
+            faiss.omp_set_num_threads(1)
+            lat = latencies(lambda i: index.search(queries[i:i + 1], K), len(queries))
+            sweep.append(dict(size=size, nlist=0, nprobe=ef, recall=recall_at_k(found, truth),
+                              mate=mate_recall(found, truth, mates), p50=ms(lat, .5), p99=ms(lat, .99)))
+            w = sweep[-1]
+            print(f"ef_search={ef}: recall@10 {w['recall']:.4f}, same-person {w['mate']:.4f}, p50 {w['p50']:.2f} ms, "
+                  f"p99 {w['p99']:.2f} ms (1 thread)", flush=True)
+        index.ef_search = default
     fi.close()
     shutil.rmtree(data)
     return rows, sweep
@@ -494,7 +539,7 @@ def main() -> None:
           f"Python {platform.python_version()}, faiss {faiss.__version__}")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: "
           "multi-thread timings suffer when other processes hold the cores)")
-    print(f"settings: exact_threshold={settings.exact_threshold:,} (IVF at >= this), nprobe={settings.nprobe}, "
+    print(f"settings: exact_threshold={settings.exact_threshold:,} (HNSW at >= this), ef_search={settings.ef_search}, "
           f"min_quality={settings.min_quality}")
     print(f"real faces: {len(real):,} LFW embeddings from {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}"
           f" ({len(by_person):,} people{'' if labelled else ', person labels unknown'})")
@@ -547,29 +592,34 @@ def main() -> None:
         faiss.omp_set_num_threads(cores)
 
     print(f"\n# summary (latencies in ms, one query at a time, k={K}; recall@10 vs exact search; "
-          f"'open' = load the saved index, 'build' = first open, building it from the catalog)")
-    head = (f"{'faces':>9} {'index':<22} {'build s':>8} {'open s':>7} {'thr':>4} {'p50':>7} {'p99':>7} "
-            f"{'recall@10':>9} {'same-pers':>9} {'engine p50':>10} {'engine p99':>10} {'exact p50':>9} {'exact p99':>9}")
+          f"'open' = load the saved index, 'build' = first open, building it from the catalog; "
+          f"base = IVF-Flat nprobe 128, the previous default, in the same run)")
+    head = (f"{'faces':>9} {'index':<18} {'build s':>8} {'open s':>7} {'thr':>4} {'p50':>6} {'p99':>6} "
+            f"{'recall@10':>9} {'same-pers':>9} {'base p50':>8} {'base p99':>8} {'base rec':>8} {'base same':>9} "
+            f"{'p50 ratio':>9} {'engine p50':>10} {'exact p50':>9} {'batch q/s':>9} {'base q/s':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        desc = f"{r['kind']} nlist={r['nlist']} np={r['nprobe']}" if r["nlist"] else r["kind"]
-        print(f"{r['size']:>9,} {desc:<22} {r['build']:>8.1f} {r['open']:>7.2f} {r['threads']:>4} {r['p50']:>7.2f} "
-              f"{r['p99']:>7.2f} {r['recall']:>9.4f} {r['mate']:>9.4f} {r['eng_p50']:>10.1f} {r['eng_p99']:>10.1f} "
-              f"{r['ex_p50']:>9.2f} {r['ex_p99']:>9.2f}")
+        desc = (f"{r['kind']} nlist={r['nlist']} np={r['nprobe']}" if r["nlist"] else
+                f"{r['kind']} ef={r['ef']}" if r["ef"] else r["kind"])
+        print(f"{r['size']:>9,} {desc:<18} {r['build']:>8.1f} {r['open']:>7.2f} {r['threads']:>4} {r['p50']:>6.2f} "
+              f"{r['p99']:>6.2f} {r['recall']:>9.4f} {r['mate']:>9.4f} {r['b_p50']:>8.2f} {r['b_p99']:>8.2f} "
+              f"{r['b_recall']:>8.4f} {r['b_mate']:>9.4f} {r['p50'] / r['b_p50']:>9.2f} {r['eng_p50']:>10.1f} "
+              f"{r['ex_p50']:>9.2f} {r['qps']:>9,.0f} {r['b_qps']:>8,.0f}")
     print(f"same-pers = of the query's own person's faces in the exact top {K}, the share the index returned too")
     print(f"engine = FaceIndex.search_faces (index search + catalog work); queries per engine row: "
           f"{', '.join(str(r['eng_n']) for r in rows)}; exact = FaissIndex.exact (flat) over the same gallery, "
-          f"{', '.join(str(r['ex_n']) for r in rows)} queries; thread settings interleaved query by query")
+          f"{', '.join(str(r['ex_n']) for r in rows)} queries; thread settings interleaved query by query; "
+          f"batch = one search call of 1,000 queries on all cores")
     if sweep:
-        print(f"\n# IVF recall@10 vs nprobe (latency on 1 thread); default nprobe = {settings.nprobe}")
-        head = (f"{'faces':>9} {'nlist':>6} {'nprobe':>6} {'scanned':>8} {'recall@10':>9} {'same-pers':>9} "
-                f"{'p50':>7} {'p99':>7}")
+        print("\n# recall@10 vs the search-width knob (IVF: nprobe; HNSW: ef_search), latency on 1 thread")
+        head = f"{'faces':>9} {'index':>6} {'knob':>6} {'recall@10':>9} {'same-pers':>9} {'p50':>7} {'p99':>7}"
         print(head)
         print("-" * len(head))
         for s in sweep:
-            print(f"{s['size']:>9,} {s['nlist']:>6} {s['nprobe']:>6} {s['nprobe'] / s['nlist'] * 100:>7.1f}% "
-                  f"{s['recall']:>9.4f} {s['mate']:>9.4f} {s['p50']:>7.2f} {s['p99']:>7.2f}")
+            kind = f"ivf{s['nlist']}" if s["nlist"] else "hnsw"
+            print(f"{s['size']:>9,} {kind:>6} {s['nprobe']:>6} {s['recall']:>9.4f} {s['mate']:>9.4f} "
+                  f"{s['p50']:>7.2f} {s['p99']:>7.2f}")
     print(f"\ntotal time {time.perf_counter() - t_start:.0f} s, peak RSS {rss_gib():.2f} GiB, load average at end: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

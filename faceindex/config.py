@@ -40,8 +40,12 @@ class Settings(BaseSettings):
     flip: bool = Field(default=True, description="average the embedding of the chip and its mirror image")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     exact_threshold: int = Field(
-        default=100_000, ge=1, description="use exact search below this many faces, IVF above"
+        default=100_000, ge=1, description="use exact search below this many faces, a graph (HNSW) above"
     )
+    index_kind: Literal["auto", "exact", "hnsw", "ivf"] = Field(
+        default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw above")
+    ef_search: int = Field(default=96, ge=8, le=4096,
+                           description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
     rate_limit: int = Field(default=120, ge=1, description="requests per minute per API key (server)")

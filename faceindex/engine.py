@@ -31,7 +31,7 @@ from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
-from .vectors.faiss import FaissIndex
+from .vectors.faiss import FaissIndex, HnswIndex
 from .vectors.manager import IndexManager
 
 Progress = Callable[[str, dict], None]
@@ -81,7 +81,7 @@ class FaceIndex:
         self.calibration = packs.calibration_for(self.pack, self.data)
         self._pipeline = None
         self._lock = threading.RLock()
-        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings.exact_threshold, settings.nprobe)
+        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
         self.audit = AuditLog(self.data / AUDIT_FILE)
         self.policy, sha = policies.load(self.data)
         if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
@@ -96,6 +96,7 @@ class FaceIndex:
         return cls(Settings(data=Path(data), **overrides))
 
     def close(self) -> None:
+        self.vectors.close()
         self.catalog.close()
         self.audit.close()
 
@@ -157,7 +158,7 @@ class FaceIndex:
             self.vectors.switch_model(pack.spec)
 
     @property
-    def index(self) -> FaissIndex:
+    def index(self) -> FaissIndex | HnswIndex:
         """The vector index, loaded once and repaired from the catalog when they disagree."""
         return self.vectors.index
 

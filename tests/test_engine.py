@@ -174,10 +174,11 @@ def test_index_repaired_from_catalog(tmp_path, gallery_dir):
         assert fi.index.count == n and fi.repaired == (0, 0)
 
 
-def test_large_gallery_switches_to_ivf(tmp_path, gallery_dir):
+def test_large_gallery_switches_to_a_graph(tmp_path, gallery_dir):
     with FaceIndex.open(tmp_path / "data", exact_threshold=100) as fi:
         fi.add([gallery_dir], "s")
-        assert fi.index.kind == "ivf"
+        fi.vectors.wait()  # the graph is built beside the exact index, which serves meanwhile
+        assert fi.index.kind == "hnsw"
         res = fi.search(lfw("Serena_Williams", PER_PERSON + 1), top=3, largest=True, **WHY)[0]
         assert person_of(res.matches[0].path) == "Serena_Williams"
         fi.remove(gallery_dir / "Serena_Williams", "s")

@@ -1,8 +1,13 @@
-"""The derived vector index's life cycle: load, repair from the catalog, reshape (exact <-> IVF), save.
+"""The derived vector index's life cycle: load, repair from the catalog, choose its kind, rebuild beside, save.
 
 The catalog is the source of truth; the index file in the data folder is derived state with a sidecar
-(`vectors.json`: model, catalog generation, count) that says what it reflects. Every process holding an index
-reconciles it with the catalog when the catalog's generation moves (another process, or a background ingest).
+(`vectors.json`: model, catalog generation, count, kind) that says what it reflects. Every process holding an
+index reconciles it with the catalog when the catalog's generation moves (another process, a background ingest).
+
+A rebuild (a change of kind as the gallery grows or shrinks, an IVF grown 8-fold, an HNSW graph full of
+tombstones) never blocks searches: it runs in a thread on its own catalog connection while the live index keeps
+serving and taking changes; then, under the lock, the new index is reconciled with the catalog by id sets and
+swapped in, and saved atomically. A crash mid-rebuild leaves the old index file in place.
 """
 
 from __future__ import annotations
@@ -16,31 +21,34 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..errors import FaceIndexError
-from .faiss import FaissIndex
+from .faiss import FaissIndex, HnswIndex, load_index
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
 
+AnyIndex = FaissIndex | HnswIndex
+
 
 class IndexManager:
-    """Owns one data folder's vector index; thread-safe (one lock for loading, repair, and changes)."""
+    """Owns one data folder's vector index; thread-safe (one lock for loading, repair, changes and swaps)."""
 
-    def __init__(self, catalog: Catalog, data: Path, spec, exact_threshold: int, nprobe: int) -> None:
+    def __init__(self, catalog: Catalog, data: Path, spec, settings) -> None:
         self.catalog = catalog
         self.data = data
         self.spec = spec
-        self.exact_threshold = exact_threshold
-        self.nprobe = nprobe
+        self.settings = settings
         self.lock = threading.RLock()
         self.repaired: tuple[int, int] | None = None  # (added, removed) by the last repair on load
-        self._index: FaissIndex | None = None
+        self._index: AnyIndex | None = None
         self._gen = -1  # catalog generation the in-memory index reflects
         self._trained_n = 0
         self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)  # (generation, bar, low-quality ids, face count)
+        self._rebuild_thread: threading.Thread | None = None
+        self.rebuild_error: BaseException | None = None
 
     # --- the index -------------------------------------------------------------------------------------------
     @property
-    def index(self) -> FaissIndex:
+    def index(self) -> AnyIndex:
         """The vector index, loaded once and repaired from the catalog when they disagree.
 
         When another process (or a background ingest) changed the catalog, the in-memory index is reconciled
@@ -51,9 +59,9 @@ class IndexManager:
             if self._index is None:
                 self._index = self._load()
             elif self._gen != gen:
-                self._reconcile(self._index)
-                self._index = self.reshape(self._index)
+                self._reconcile(self._index, self.catalog)
                 self._gen = gen
+                self._maybe_rebuild()
             return self._index
 
     def switch_model(self, spec) -> None:
@@ -66,7 +74,7 @@ class IndexManager:
             self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)
 
     @property
-    def loaded(self) -> FaissIndex | None:
+    def loaded(self) -> AnyIndex | None:
         return self._index
 
     def mark_current(self) -> None:
@@ -76,78 +84,124 @@ class IndexManager:
     def _meta_path(self) -> Path:
         return self.data / INDEX_META
 
-    def _reconcile(self, index: FaissIndex) -> tuple[int, int]:
+    def _reconcile(self, index: AnyIndex, catalog: Catalog) -> tuple[int, int]:
         """Make the index hold exactly the catalog's faces; returns (added, removed)."""
-        cat_ids = self.catalog.face_ids()
+        cat_ids = catalog.face_ids()
         idx_ids = index.ids()
         missing = np.setdiff1d(cat_ids, idx_ids, assume_unique=True)
         extra = np.setdiff1d(idx_ids, cat_ids, assume_unique=True)
         index.remove(extra)
-        for ids, vecs in self.catalog.embeddings(missing.tolist(), dim=self.spec.dim):
+        for ids, vecs in catalog.embeddings(missing.tolist(), dim=self.spec.dim):
             index.add(ids, vecs)
         return len(missing), len(extra)
 
-    def _load(self) -> FaissIndex:
+    def _load(self) -> AnyIndex:
         gen = self.catalog.generation
         meta: dict = {}
-        index: FaissIndex | None = None
+        index: AnyIndex | None = None
         try:
             meta = json.loads(self._meta_path().read_text())
             if meta.get("model") == self.spec.key and (self.data / INDEX_FILE).is_file():
-                index = FaissIndex.load(self.data / INDEX_FILE, self.nprobe)
+                index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search)
         except (OSError, ValueError, FaceIndexError):
             index = None
+        self._trained_n = meta.get("trained_n", 0) if index is not None and index.kind == "ivf" else 0
         if index is not None and meta.get("generation") == gen and meta.get("count") == index.count:
-            self._trained_n = meta.get("trained_n", 0)
             self._gen = gen
-            return self.reshape(index)
-        if index is None:
-            index = self._rebuild()
-            self.repaired = (index.count, 0)
         else:
-            self._trained_n = meta.get("trained_n", 0) if index.kind == "ivf" else 0
-            self.repaired = self._reconcile(index)
-        index = self.reshape(index)
-        self._save(index, gen)
-        return index
+            if index is None:
+                # nothing usable on disk: serve from an exact index at once (a copy of the vectors, no training);
+                # a graph, if the gallery is large enough for one, is built beside it
+                index = self._build("exact", self.catalog)
+                self.repaired = (index.count, 0)
+            else:
+                self.repaired = self._reconcile(index, self.catalog)
+            self._gen = gen
+            self._save(index, gen)
+        self._index = index
+        self._maybe_rebuild()
+        return self._index
 
-    def reshape(self, index: FaissIndex) -> FaissIndex:
-        """Exact below the threshold, IVF above; retrain IVF when the gallery has grown 8-fold."""
+    # --- choosing the kind, rebuilding beside ----------------------------------------------------------------
+    def wanted_kind(self, index: AnyIndex) -> str | None:
+        """The kind the index should be rebuilt as, or None when it is fine as it is."""
         n = index.count
-        t = self.exact_threshold
-        stale_ivf = index.kind == "ivf" and n > 8 * max(1, self._trained_n or n)
-        if (index.kind == "exact" and n >= t) or (index.kind == "ivf" and n < t // 2) or stale_ivf:
-            index = self._rebuild()
-            self._save(index, self.catalog.generation)
-        self._gen = self.catalog.generation
-        return index
+        t = self.settings.exact_threshold
+        choice = self.settings.index_kind
+        if choice == "auto":
+            large = n >= t or (index.kind != "exact" and n >= t // 2)  # hysteresis: no flapping at the threshold
+            want = "hnsw" if large else "exact"
+        else:
+            want = choice
+        if want != index.kind:
+            return want
+        if index.kind == "ivf" and n > 8 * max(1, self._trained_n or n):
+            return "ivf"  # the lists were trained on a gallery 8x smaller
+        if isinstance(index, HnswIndex) and index.needs_compaction():
+            return "hnsw"
+        return None
 
-    def _rebuild(self) -> FaissIndex:
-        """Build the vector index from the catalog's embeddings."""
-        n = self.catalog.face_count()
-        if n >= self.exact_threshold:
-            all_ids, all_vecs = self.all_embeddings()
+    def _maybe_rebuild(self) -> None:
+        """Start a rebuild beside the live index when its kind or state calls for one (at most one at a time)."""
+        if self._index is None or self._rebuild_thread is not None and self._rebuild_thread.is_alive():
+            return
+        kind = self.wanted_kind(self._index)
+        if kind is None:
+            return
+        if kind == "exact":  # cheap: no training, no graph; just do it
+            self._swap(self._build("exact", self.catalog))
+            return
+        self._rebuild_thread = threading.Thread(target=self._rebuild_beside, args=(kind,), daemon=True,
+                                                name="faceindex-index-rebuild")
+        self._rebuild_thread.start()
+
+    def _rebuild_beside(self, kind: str) -> None:
+        catalog = Catalog(self.catalog.path)  # its own connection: the live one keeps serving
+        try:
+            new = self._build(kind, catalog)
+            with self.lock:
+                self._swap(new)
+        except BaseException as e:  # the live index keeps serving; the next change tries again
+            self.rebuild_error = e
+        finally:
+            catalog.close()
+
+    def _swap(self, new: AnyIndex) -> None:
+        with self.lock:
+            self._reconcile(new, self.catalog)  # changes made while it was built
+            self._index = new
+            self._gen = self.catalog.generation
+            self._save(new, self._gen)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for a rebuild in progress (benchmarks, tests, and processes about to exit)."""
+        thread = self._rebuild_thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _build(self, kind: str, catalog: Catalog) -> AnyIndex:
+        """A new index of `kind` from `catalog`'s embeddings."""
+        if kind == "exact":
+            index: AnyIndex = FaissIndex.exact(self.spec.dim)
+            for ids, vecs in catalog.embeddings(dim=self.spec.dim):
+                index.add(ids, vecs)
+            return index
+        all_ids, all_vecs = _all_embeddings(catalog, self.spec.dim)
+        if kind == "hnsw":
+            index = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
+        else:
             rng = np.random.default_rng(0)
             sample = all_vecs[rng.choice(len(all_vecs), size=min(len(all_vecs), 200_000), replace=False)]
-            index = FaissIndex.ivf(self.spec.dim, sample, self.nprobe)
-            index.add(all_ids, all_vecs)
-            self._trained_n = n
-        else:
-            index = FaissIndex.exact(self.spec.dim)
-            self._trained_n = 0
-            for ids, vecs in self.catalog.embeddings(dim=self.spec.dim):
-                index.add(ids, vecs)
-        self._gen = self.catalog.generation
+            index = FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
+            self._trained_n = len(all_ids)
+        index.add(all_ids, all_vecs)
         return index
 
     def all_embeddings(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every face in the catalog (or of `ids`), in id order."""
-        parts = list(self.catalog.embeddings(ids, dim=self.spec.dim))
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros((0, self.spec.dim), np.float32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return _all_embeddings(self.catalog, self.spec.dim, ids)
 
-    def _save(self, index: FaissIndex, generation: int) -> None:
+    def _save(self, index: AnyIndex, generation: int) -> None:
         index.save(self.data / INDEX_FILE)
         meta = {"model": self.spec.key, "generation": generation, "count": index.count, "kind": index.kind,
                 "trained_n": self._trained_n if index.kind == "ivf" else 0}
@@ -161,6 +215,10 @@ class IndexManager:
             if self._index is not None:
                 self._save(self._index, self.catalog.generation)
 
+    def close(self) -> None:
+        """Let a rebuild in progress finish (its result is saved), so that exiting never wastes it."""
+        self.wait()
+
     # --- changes ---------------------------------------------------------------------------------------------
     def apply(self, added_ids: list[int], added_vecs: list[np.ndarray], removed_ids: list[int]) -> None:
         """Mirror a committed catalog change (faces added and removed) in the loaded index."""
@@ -172,11 +230,10 @@ class IndexManager:
             self.mark_current()
 
     def finish_batch(self) -> None:
-        """After a batch of changes: reshape if the size crossed a threshold, then save."""
+        """After a batch of changes: save, and rebuild beside if the gallery now calls for another kind."""
         with self.lock:
-            if self._index is not None:
-                self._index = self.reshape(self._index)
             self.save()
+            self._maybe_rebuild()
 
     def forget(self, face_ids: list[int]) -> None:
         """Drop deleted faces from the loaded index and persist it."""
@@ -185,6 +242,7 @@ class IndexManager:
                 self._index.remove(np.asarray(face_ids, np.int64))
                 self.mark_current()
                 self.save()
+                self._maybe_rebuild()
 
     # --- the searchable gallery --------------------------------------------------------------------------------
     def searchable(self, min_quality: float) -> tuple[np.ndarray, int]:
@@ -195,3 +253,10 @@ class IndexManager:
             cached = (gen, min_quality, self.catalog.low_quality_ids(min_quality), self.catalog.face_count())
             self._gallery = cached
         return cached[2], cached[3]
+
+
+def _all_embeddings(catalog: Catalog, dim: int, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(catalog.embeddings(ids, dim=dim))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,0 +1,239 @@
+"""Vector index kinds (exact, IVF, HNSW with tombstones) and the index manager's rebuild-beside and swap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from faceindex.catalog import Catalog
+from faceindex.config import Settings
+from faceindex.models.dlib import RESNET_SPEC
+from faceindex.types import Box, Face, Quality
+from faceindex.vectors.faiss import FaissIndex, HnswIndex, load_index
+from faceindex.vectors.manager import INDEX_FILE, IndexManager
+
+DIM = 32
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
+    if kind == "exact":
+        index = FaissIndex.exact(vecs.shape[1])
+    elif kind == "ivf":
+        index = FaissIndex.ivf(vecs.shape[1], vecs, nprobe=64)
+    else:
+        index = HnswIndex.empty(vecs.shape[1], ef_search=64)
+    index.add(ids, vecs)
+    return index
+
+
+KINDS = ["exact", "ivf", "hnsw"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31), n=st.integers(40, 400), frac=st.floats(0.0, 0.9))
+def test_deleted_ids_are_never_returned(kind, seed, n, frac):
+    rng = np.random.default_rng(seed)
+    vecs = unit(rng, n)
+    ids = rng.choice(10 * n, size=n, replace=False).astype(np.int64)
+    index = make(kind, vecs, ids)
+    gone = rng.choice(ids, size=int(frac * n), replace=False)
+    assert index.remove(gone) == len(gone)
+    assert index.count == n - len(gone)
+    assert set(index.ids().tolist()) == set(ids.tolist()) - set(gone.tolist())
+    excluded = rng.choice(ids, size=min(5, n), replace=False)
+    # the deleted faces themselves as queries: the worst case for a tombstone filter
+    queries = vecs[np.isin(ids, gone)][:20] if len(gone) else vecs[:5]
+    _, found = index.search(queries, 10, exclude=excluded)
+    returned = set(found[found >= 0].tolist())
+    assert not returned & set(gone.tolist())
+    assert not returned & set(excluded.tolist())
+    for _, hit in index.range_search(queries, 0.0):
+        assert not set(hit.tolist()) & set(gone.tolist())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_floor_against_exact_search(kind):
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 3000)
+    ids = np.arange(3000, dtype=np.int64) + 1
+    index = make(kind, vecs, ids)
+    index.remove(ids[::7])
+    truth = FaissIndex.exact(DIM)
+    keep = np.ones(3000, bool)
+    keep[::7] = False
+    truth.add(ids[keep], vecs[keep])
+    queries = unit(rng, 100)
+    _, got = index.search(queries, 10)
+    _, want = truth.search(queries, 10)
+    recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())])
+    assert recall >= (1.0 if kind == "exact" else 0.9), recall
+
+
+def test_hnsw_reused_id_replaces_the_old_entry(tmp_path):
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 50)
+    index = make("hnsw", vecs, np.arange(50))
+    index.remove([7])
+    index.add([7], vecs[8:9])  # the catalog re-used id 7 for another face
+    sims, found = index.search(vecs[8:9], 2)
+    assert sorted(found[0].tolist()) == [7, 8] and index.count == 50
+    index.save(tmp_path / "v.faiss")
+    again = load_index(tmp_path / "v.faiss")
+    assert isinstance(again, HnswIndex) and again.count == 50 and again.tombstones == 1
+    assert np.array_equal(again.ids(), index.ids())
+
+
+# --- the manager over a real catalog -----------------------------------------------------------------------
+def _face(vec: np.ndarray, i: int) -> Face:
+    q = Quality(size=100, sharpness=300.0, detector_score=1.0, frontal=0.9, score=0.9)
+    return Face(box=Box(0, 0, 100, 100), landmarks=((0.0, 0.0),) * 5, quality=q, embedding=vec, index=i)
+
+
+def fill(catalog: Catalog, vecs: np.ndarray, start: int = 0) -> list[int]:
+    src = catalog.source_id("s", create=True)
+    catalog.check_model(RESNET_SPEC.key)
+    ids = []
+    for k, v in enumerate(vecs):
+        _, new, _ = catalog.add_image(src, f"/p/{start + k}.jpg", 0, f"{start + k:064x}", 1, 100, 100, [_face(v, 0)])
+        ids += new
+    return ids
+
+
+def manager(tmp_path: Path, **kw) -> tuple[Catalog, IndexManager]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(tmp_path / "catalog.db")
+    return catalog, IndexManager(catalog, tmp_path, RESNET_SPEC, Settings(data=tmp_path, **kw))
+
+
+def test_kind_follows_the_gallery_size_both_ways(tmp_path):
+    rng = np.random.default_rng(3)
+    catalog, m = manager(tmp_path, exact_threshold=200)
+    ids = fill(catalog, unit(rng, 150, 128))
+    assert m.index.kind == "exact"
+    more = fill(catalog, unit(rng, 100, 128), start=150)
+    assert m.index.kind == "exact"  # the graph is built beside, the exact index serves meanwhile
+    m.wait()
+    assert m.index.kind == "hnsw" and m.index.count == 250
+    catalog.delete_faces(ids + more[:20])  # 80 left: below half the threshold
+    assert m.index.kind == "exact" and m.index.count == 80
+    catalog.close()
+
+
+def test_an_index_that_fills_with_tombstones_is_compacted(tmp_path):
+    rng = np.random.default_rng(4)
+    catalog, m = manager(tmp_path, index_kind="hnsw")
+    ids = fill(catalog, unit(rng, 100, 128))
+    m.index  # noqa: B018 - loads, and starts building the graph beside
+    m.wait()
+    assert m.index.kind == "hnsw"
+    catalog.delete_faces(ids[:30])
+    m.forget(ids[:30])
+    m.wait()
+    assert m.index.tombstones == 0 and m.index.count == 70
+    catalog.close()
+
+
+def test_a_failed_rebuild_leaves_the_old_index_serving(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, 120, 128)
+    catalog, m = manager(tmp_path, exact_threshold=100)
+    real_build = m._build
+
+    def broken(kind, cat):
+        if kind == "hnsw":
+            raise MemoryError("simulated failure mid-rebuild")
+        return real_build(kind, cat)
+
+    monkeypatch.setattr(m, "_build", broken)
+    fill(catalog, vecs)
+    assert m.index.kind == "exact"
+    m.wait()
+    assert isinstance(m.rebuild_error, MemoryError)
+    assert m.index.kind == "exact" and m.index.search(vecs[:1], 1)[1][0, 0] == 1
+    catalog.close()
+
+
+def test_searches_go_on_while_the_graph_is_built(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 120, 128)
+    catalog, m = manager(tmp_path, exact_threshold=100)
+    release = threading.Event()
+    real_build = m._build
+
+    def slow(kind, cat):
+        if kind == "hnsw":
+            release.wait(30)
+        return real_build(kind, cat)
+
+    monkeypatch.setattr(m, "_build", slow)
+    ids = fill(catalog, vecs)
+    assert m.index.kind == "exact"  # starts the rebuild
+    t0 = time.perf_counter()
+    for v in vecs[:20]:
+        m.index.search(v[None], 3)
+    assert time.perf_counter() - t0 < 5  # served while the rebuild waits
+    catalog.delete_faces(ids[:2])  # a deletion during the rebuild must hold after the swap
+    m.forget(ids[:2])
+    release.set()
+    m.wait()
+    assert m.index.kind == "hnsw" and m.index.count == 118
+    found = m.index.search(vecs[:2], 5)[1]
+    assert not set(found.ravel().tolist()) & set(ids[:2])
+    catalog.close()
+
+
+CRASH = """
+import sys, numpy as np
+from faceindex.catalog import Catalog
+from faceindex.config import Settings
+from faceindex.models.dlib import RESNET_SPEC
+from faceindex.vectors import manager as mg
+from pathlib import Path
+data = Path(sys.argv[1])
+cat = Catalog(data / "catalog.db")
+m = mg.IndexManager(cat, data, RESNET_SPEC, Settings(data=data, exact_threshold=100))
+real = m._build
+def build(kind, c):
+    if kind == "hnsw":
+        print("building", flush=True)
+        import time; time.sleep(60)
+    return real(kind, c)
+m._build = build
+m.index
+m.wait()
+"""
+
+
+def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path):
+    rng = np.random.default_rng(7)
+    vecs = unit(rng, 120, 128)
+    catalog, m = manager(tmp_path, exact_threshold=10_000)
+    fill(catalog, vecs)
+    assert m.index.kind == "exact"
+    m.save()
+    catalog.close()
+    before = (tmp_path / INDEX_FILE).read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.readline().strip() == "building"
+    proc.kill()
+    proc.wait()
+    assert (tmp_path / INDEX_FILE).read_bytes() == before  # the old file, untouched
+    catalog, m = manager(tmp_path, exact_threshold=10_000)
+    assert m.index.kind == "exact" and m.index.count == 120 and m.repaired is None
+    catalog.close()
