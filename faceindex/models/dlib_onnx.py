@@ -13,13 +13,7 @@ Nothing happens at import time; models load lazily on first use, once, behind a 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import tempfile
-import threading
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +22,11 @@ from ..errors import ModelError
 from .base import Detection
 from .dlib import RESNET_SPEC, weights_dir  # the dlib backend's spec: same network, same numbers
 from .dlib_format import DlibNetwork, Layer, read_mmod_detector, read_resnet_embedder
+from .onnx_util import OPSET, LazyOnnx, default_cache_dir, file_sha256  # noqa: F401  (re-exported, public before)
+from .onnx_util import Graph as _Graph
 
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MMOD_FILE = "mmod_human_face_detector.dat"
-OPSET = 17
 # Bump when the generated graphs change, so that stale cached models are not reused.
 BUILDER_VERSION = 1
 EMBED_BATCH = 16
@@ -42,62 +37,8 @@ def default_weights_path(name: str) -> Path:
     return weights_dir() / name
 
 
-def default_cache_dir() -> Path:
-    """$FACEINDEX_CACHE, else ~/.cache/faceindex."""
-    env = os.environ.get("FACEINDEX_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "faceindex"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file (the cache key of the ONNX model built from it)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise ModelError(f"cannot read model weights {path}: {e}") from e
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # ONNX graph construction
-
-
-class _Graph:
-    """Small helper around onnx.helper: unique names, initializers, nodes."""
-
-    def __init__(self) -> None:
-        import onnx
-        from onnx import helper, numpy_helper
-
-        self.onnx, self.helper, self.numpy_helper = onnx, helper, numpy_helper
-        self.nodes: list = []
-        self.inits: list = []
-        self._n = 0
-
-    def name(self, base: str) -> str:
-        self._n += 1
-        return f"{base}_{self._n}"
-
-    def const(self, arr: np.ndarray, base: str) -> str:
-        name = self.name(base)
-        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], base: str | None = None, **attrs) -> str:
-        out = self.name(base or op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-    def model(self, inputs: list, outputs: list, graph_name: str, doc: str):
-        helper = self.helper
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, initializer=self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceindex",
-                                  doc_string=doc)
-        model.ir_version = min(model.ir_version, 8)  # readable by older onnxruntime releases too
-        self.onnx.checker.check_model(model)
-        return model
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:
@@ -209,123 +150,15 @@ def build_detector_model(net: DlibNetwork):
 # Cache and sessions
 
 
-def cached_model(weights: Path, kind: str, build: Callable[[], object],
-                 cache_dir: Path) -> tuple[Path, bool, bytes | None]:
-    """The serialised ONNX model for `weights`, built on first use and cached under its sha256.
+class _LazyOnnx(LazyOnnx):
+    """A model read from one dlib .dat file (the packaged one by default)."""
 
-    Returns (path, built_now, model bytes when the cache could not be written, else None).
-    """
-    digest = file_sha256(weights)
-    target = cache_dir / f"{kind}-{digest}-b{BUILDER_VERSION}.onnx"
-    if target.is_file():
-        return target, False, None
-    data = build().SerializeToString()  # type: ignore[attr-defined]
-    try:
-        _atomic_write(target, data)
-    except OSError as e:  # a read-only home, say: run from memory, rebuild next time
-        warnings.warn(f"faceindex: cannot cache the ONNX model in {cache_dir} ({e}); set FACEINDEX_CACHE",
-                      RuntimeWarning, stacklevel=3)
-        return target, True, data
-    return target, True, None
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)  # readers see the old state or the whole file, never a part
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _open_session(model: Path | bytes, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    src = model if isinstance(model, bytes) else str(model)
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        # TF32 convolutions would cost ~3 decimal digits: keep float32 so that GPU results stay dlib's results
-        cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
-        try:
-            return ort.InferenceSession(src, sess_options=opts, providers=[cuda, "CPUExecutionProvider"])
-        except Exception:  # an onnxruntime-gpu without that option, or a broken CUDA setup: plain CPU
-            pass
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def _check_runtime() -> None:
-    for mod in ("onnx", "onnxruntime"):
-        if importlib.util.find_spec(mod) is None:
-            raise ModelError(f"package {mod} is not installed (pip install {mod})")
-
-
-class _LazyOnnx:
-    """Shared lazy loading: parse weights, build or reuse the cached ONNX model, open the session (once, locked)."""
-
-    kind = ""
+    builder_version = BUILDER_VERSION
 
     def __init__(self, weights_path: str | os.PathLike | None, cache_dir: Path | None, threads: int,
                  default_file: str) -> None:
-        _check_runtime()
         self.weights_path = Path(weights_path) if weights_path is not None else default_weights_path(default_file)
-        if not self.weights_path.is_file():
-            raise ModelError(f"model weights missing: {self.weights_path}")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.threads = threads
-        self.model_path: Path | None = None
-        self.built = False  # True when this instance had to build the ONNX model (cache miss)
-        self._lock = threading.Lock()
-        self._sess = None
-
-    def _parse(self) -> DlibNetwork:
-        raise NotImplementedError
-
-    def _build(self, net: DlibNetwork):
-        raise NotImplementedError
-
-    def _after_load(self, net: DlibNetwork | None) -> None:
-        """Hook for state derived from the parsed network."""
-
-    def load(self) -> None:
-        """Build or reuse the ONNX model and open the session now (otherwise done on first use)."""
-        with self._lock:
-            if self._sess is not None:
-                return
-            net_box: list[DlibNetwork] = []
-
-            def build():
-                net_box.append(self._parse())
-                return self._build(net_box[0])
-
-            path, built, data = cached_model(self.weights_path, self.kind, build, self.cache_dir)
-            try:
-                sess = _open_session(data if data is not None else path, self.threads)
-            except Exception as e:
-                if built:
-                    raise ModelError(f"ONNX Runtime cannot load the model built from {self.weights_path}: {e}") from e
-                # a damaged cache file (disk trouble, a foreign file): rebuild it once
-                path.unlink(missing_ok=True)
-                path, built, data = cached_model(self.weights_path, self.kind, build, self.cache_dir)
-                try:
-                    sess = _open_session(data if data is not None else path, self.threads)
-                except Exception as e2:
-                    raise ModelError(f"ONNX Runtime cannot load {path}: {e2}") from e2
-            self._after_load(net_box[0] if net_box else None)
-            self.model_path = path if data is None else None  # None: not cached, ran from memory
-            self.built, self._sess = built, sess
-
-    def _session(self):
-        if self._sess is None:
-            self.load()
-        return self._sess
+        super().__init__([self.weights_path], cache_dir, threads)
 
 
 class OnnxEmbedder(_LazyOnnx):
