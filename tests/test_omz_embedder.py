@@ -143,7 +143,7 @@ def test_reference_semantics_on_a_tiny_graph():
 
 def test_batching_and_shapes(embedder, faces):
     _, chips = faces
-    batched = embedder.embed(chips[:10])  # 8 + 2 internally
+    batched = embedder.embed(chips[:10])  # 4 + 4 + 2 internally
     one_by_one = np.concatenate([embedder.embed(c) for c in chips[:10]])
     assert batched.shape == (10, 256) and batched.dtype == np.float32
     assert np.abs(batched - one_by_one).max() < 1e-5
