@@ -298,7 +298,7 @@ def reference_forward(ir: IrModel, x: np.ndarray) -> np.ndarray:
             s = _channel_slope(a[1].astype(np.float64), a[0].ndim, a[0].shape[1])
             y = np.where(a[0] < 0, a[0] * s, a[0])
         elif t == "Sigmoid":
-            y = 1.0 / (1.0 + np.exp(-a[0]))
+            y = 0.5 * (1.0 + np.tanh(0.5 * a[0]))  # the logistic function, without exp's overflow
         elif t == "Result":
             out = a[0] if out is None else out
             continue
