@@ -143,7 +143,7 @@ def test_reference_semantics_on_a_tiny_graph():
 
 def test_batching_and_shapes(embedder, faces):
     _, chips = faces
-    batched = embedder.embed(chips[:10])  # 8 + 2 internally
+    batched = embedder.embed(chips[:10])  # 4 + 4 + 2 internally
     one_by_one = np.concatenate([embedder.embed(c) for c in chips[:10]])
     assert batched.shape == (10, 256) and batched.dtype == np.float32
     assert np.abs(batched - one_by_one).max() < 1e-5
@@ -245,3 +245,95 @@ def test_broken_model_files_give_one_line_model_error(tmp_path, faces, how, word
 def test_missing_files_give_model_error(tmp_path):
     with pytest.raises(ModelError, match="missing"):
         omz.OmzEmbedder(tmp_path / "nope.xml", cache_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ other IRs
+
+
+class _IrWriter:
+    """A small OpenVINO IR v11 written in the test: layers, FP16/FP32 constants in a .bin, edges."""
+
+    def __init__(self) -> None:
+        self.layers: list[str] = []
+        self.edges: list[tuple[int, int, int, int]] = []
+        self.blob = bytearray()
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.out_port: dict[int, int] = {}
+
+    @staticmethod
+    def _port(pid: int, shape) -> str:
+        return f'<port id="{pid}">' + "".join(f"<dim>{d}</dim>" for d in shape) + "</port>"
+
+    def layer(self, kind: str, inputs: list[int], out_shape, data: dict | None = None) -> int:
+        lid = len(self.layers)
+        attrs = " ".join(f'{k}="{v}"' for k, v in (data or {}).items())
+        ins = "".join(self._port(i, self.shapes[src]) for i, src in enumerate(inputs))
+        out = self._port(len(inputs), out_shape) if kind != "Result" else ""
+        self.layers.append(f'<layer id="{lid}" name="l{lid}" type="{kind}" version="opset1"><data {attrs}/>'
+                           f'{"<input>" + ins + "</input>" if ins else ""}{"<output>" + out + "</output>" if out else ""}'
+                           "</layer>")
+        for i, src in enumerate(inputs):
+            self.edges.append((src, self.out_port[src], lid, i))
+        self.shapes[lid] = tuple(out_shape)
+        self.out_port[lid] = len(inputs)
+        return lid
+
+    def const(self, value: np.ndarray, fp16: bool = True) -> int:
+        arr = np.ascontiguousarray(value, np.float16 if fp16 else np.float32)
+        shape = ", ".join(str(d) for d in arr.shape)
+        lid = self.layer("Const", [], arr.shape, {"element_type": "f16" if fp16 else "f32", "shape": shape,
+                                                  "offset": len(self.blob), "size": arr.nbytes})
+        self.blob += arr.tobytes()
+        if fp16:
+            lid = self.layer("Convert", [lid], arr.shape, {"destination_type": "f32"})
+        return lid
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        edges = "".join(f'<edge from-layer="{a}" from-port="{b}" to-layer="{c}" to-port="{d}"/>'
+                        for a, b, c, d in self.edges)
+        xml = folder / "tiny.xml"
+        xml.write_text(f'<?xml version="1.0"?><net name="tiny" version="11"><layers>{"".join(self.layers)}</layers>'
+                       f"<edges>{edges}</edges></net>")
+        (folder / "tiny.bin").write_bytes(bytes(self.blob))
+        return xml, folder / "tiny.bin"
+
+
+def test_ops_this_model_does_not_use_agree_with_the_reference(tmp_path):
+    """Per-channel PReLU, a Multiply after a convolution, padded average pools (both pad rules), a grouped
+    convolution, valid padding, FP32 constants: the folded and literal ONNX graphs equal the numpy reference."""
+    rng = np.random.default_rng(7)
+    w = _IrWriter()
+    x = w.layer("Parameter", [], (1, 4, 11, 11), {"shape": "1,4,11,11", "element_type": "f32"})
+    conv = {"auto_pad": "explicit", "dilations": "1, 1", "pads_begin": "1, 1", "pads_end": "1, 1", "strides": "2, 2"}
+    bcast = {"auto_broadcast": "numpy"}
+    c1 = w.layer("Convolution", [x, w.const(rng.normal(0, 0.01, (5, 4, 3, 3)))], (1, 5, 6, 6), conv)
+    b1 = w.layer("Add", [c1, w.const(rng.normal(0, 1, (1, 5, 1, 1)))], (1, 5, 6, 6), bcast)
+    m1 = w.layer("Multiply", [b1, w.const(rng.uniform(0.5, 2, (1, 5, 1, 1)), fp16=False)], (1, 5, 6, 6), bcast)
+    a1 = w.layer("Add", [w.const(rng.normal(0, 1, (1, 5, 1, 1))), m1], (1, 5, 6, 6), bcast)
+    p1 = w.layer("PReLU", [a1, w.const(np.array([0.1, -0.2, 0.3, 2.0, 0.0]))], (1, 5, 6, 6))
+    pool = {"kernel": "3, 3", "strides": "2, 2", "pads_begin": "1, 1", "pads_end": "1, 1", "rounding_type": "floor",
+            "auto_pad": "explicit"}
+    q1 = w.layer("AvgPool", [p1], (1, 5, 3, 3), {**pool, "exclude-pad": "true"})
+    q2 = w.layer("AvgPool", [p1], (1, 5, 3, 3), {**pool, "exclude-pad": "false"})
+    s = w.layer("Multiply", [q1, q2], (1, 5, 3, 3), bcast)
+    g = w.layer("GroupConvolution", [s, w.const(rng.normal(0, 0.3, (5, 2, 1, 2, 2)))], (1, 10, 2, 2),
+                {**conv, "strides": "1, 1", "auto_pad": "valid"})
+    sig = w.layer("Sigmoid", [g], (1, 10, 2, 2))
+    y = w.layer("Multiply", [g, sig], (1, 10, 2, 2), bcast)
+    w.layer("Result", [y], ())
+    ir = openvino.read_ir(*w.write(tmp_path))
+    assert ir.ops["Convert"] == 5 and ir.ops["AvgPool"] == 2
+
+    import onnxruntime as ort
+
+    inp = rng.uniform(0, 255, (3, 4, 11, 11)).astype(np.float32)
+    ref = openvino.reference_forward(ir, inp)
+    assert ref.shape == (3, 10, 2, 2)
+    for fold in (True, False):
+        model = openvino.build_onnx(ir, fold=fold)
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": inp})[0]
+        assert np.allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()), f"fold={fold}"
+    ops = Counter(n.op_type for n in openvino.build_onnx(ir).graph.node)
+    assert ops["PRelu"] == 1 and ops["AveragePool"] == 2 and ops["Conv"] == 2 and ops["Mul"] == 2
+    assert "Add" not in ops  # both Adds and the Multiply by a constant are in the first convolution

@@ -21,9 +21,9 @@ from .openvino import IrModel, build_onnx, read_ir
 MODEL_DIR = Path(__file__).resolve().parent / "files" / "omz-face-reidentification-retail-0095"
 XML_FILE = MODEL_DIR / "face-reidentification-retail-0095.xml"
 BIN_FILE = MODEL_DIR / "face-reidentification-retail-0095.bin"
-# Chips per ONNX Runtime call. Measured on one thread (benchmarks/embed.py): per-face time is flat from batch 1 up;
-# larger batches only grow the activations (16 faces: ~30 MB at the 64x64 layers) past the caches.
-EMBED_BATCH = 8
+# Chips per ONNX Runtime call. Measured on one CPU thread (benchmarks/embed.py): 4 is a little faster per face than
+# 1 and clearly faster than 16, whose activations (~2 MB per face at the 64x64 layers) no longer stay in the caches.
+EMBED_BATCH = 4
 
 OMZ95_SPEC = ModelSpec("omz-face-reidentification-retail-0095", "2022.1", 256, "omz95")
 

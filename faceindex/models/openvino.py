@@ -298,7 +298,7 @@ def reference_forward(ir: IrModel, x: np.ndarray) -> np.ndarray:
             s = _channel_slope(a[1].astype(np.float64), a[0].ndim, a[0].shape[1])
             y = np.where(a[0] < 0, a[0] * s, a[0])
         elif t == "Sigmoid":
-            y = 1.0 / (1.0 + np.exp(-a[0]))
+            y = 0.5 * (1.0 + np.tanh(0.5 * a[0]))  # the logistic function, without exp's overflow
         elif t == "Result":
             out = a[0] if out is None else out
             continue
@@ -510,7 +510,8 @@ def build_onnx(ir: IrModel, input_name: str = "input", output_name: str = "outpu
     for node in g.nodes:  # the node computing the output takes its name
         if node.output[0] == names[sink]:
             node.output[0] = output_name
-    in_shape, out_shape = ir.shape(source), ir.shape(sink)
-    return g.model([helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *in_shape[1:]])],
-                   [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", *out_shape[1:]])],
+    # batch dynamic ("N"); a dimension the IR leaves dynamic (-1) stays unnamed
+    in_shape, out_shape = ([d if d >= 0 else None for d in ir.shape(k)[1:]] for k in (source, sink))
+    return g.model([helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *in_shape])],
+                   [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", *out_shape])],
                    ir.name or "openvino_ir", f"OpenVINO IR {Path(ir.source).name} as ONNX (faceindex)")
