@@ -133,13 +133,17 @@ def test_boxes_map_back_through_scaling(yunet):
 
 
 @needs_lfw
-def test_close_up_found_by_coarse_pass(yunet):
-    # an LFW face blown up to ~850 px: the fine pass alone misses faces that big
-    img = Image.open(LFW / "Colin_Powell" / "Colin_Powell_0001.jpg").convert("RGB").resize((2000, 2000))
-    dets = yunet.detect(np.asarray(img))
-    assert dets, "no face in a 2000 px close-up"
-    d = dets[0]
-    assert abs((d.left + d.right) / 2 - 1000) < 200 and 500 < d.right - d.left < 1300
+def test_close_ups_found_by_coarse_pass(yunet):
+    # LFW faces blown up to ~850 px (whole image) and ~700 px (a tight crop filling the frame): too big for the
+    # fine pass alone
+    photo = Image.open(LFW / "Colin_Powell" / "Colin_Powell_0001.jpg").convert("RGB")
+    for img, face in ((photo.resize((2000, 2000)), 850), (photo.crop((65, 65, 185, 185)).resize((800, 800)), 700)):
+        a = np.asarray(img)
+        assert yunet.raw(a)[1].size == 0, "the fine pass alone finds this face: the test no longer tests the coarse pass"
+        dets = yunet.detect(a)
+        assert dets, f"no face in a {img.width} px close-up"
+        d = dets[0]
+        assert abs((d.left + d.right) / 2 - img.width / 2) < 0.1 * img.width and 0.6 * face < d.right - d.left < 1.5 * face
 
 
 @needs_lfw
@@ -202,8 +206,10 @@ def test_scales_are_bounded():
     det = YuNetDetector(max_pixels=4_000_000)
     assert det.scales(250, 250) == [1.0]
     fine, coarse = det.scales(3000, 4000)
-    assert 3000 * 4000 * fine**2 <= 4_000_000 + 1 and coarse * 4000 == pytest.approx(640)
-    assert YuNetDetector(min_face=10).scales(250, 250) == [2.0]
+    assert 3000 * 4000 * fine**2 <= 4_000_000 + 1 and coarse * 3000 == pytest.approx(400)
+    assert len(det.scales(480, 640)) == 1 and det.scales(800, 800)[1] == 0.5
+    assert 1000 * 10000 * det.scales(1000, 10000)[1] ** 2 == pytest.approx(240_000)
+    assert YuNetDetector(min_face=10).scales(250, 250) == [2.0, 1.6]
 
 
 def test_frontalness_arcface():
