@@ -6,10 +6,12 @@ on --lfw LFW images (250x250, the first image of every k-th line of pairs.txt) a
 with default settings and no CNN fallback (adaptive upsampling, downscaling to detect_max_side); YuNet is
 `YuNetDetector()` with its defaults (threshold 0.8, 4 MP pixel budget, coarse pass, small-image retry), threads=1.
 Recall: the 43 hand-labelled boxes of dlib_faces, greedy one-to-one at IoU >= 0.4 (see tests/test_yunet.py for
-why 0.4), and the detections that match no label; Solvay: faces found (29 sitters); dogs.jpg: detections (none
-wanted); LFW: images with a face near the centre.
+why 0.4), and the detections that match no label, on the photos as they are (faces 37-109 px) and on copies at
+0.5x and 0.35x (smaller faces, labels scaled alike); Solvay: faces found (29 sitters); dogs.jpg: detections (none
+wanted); LFW: images with a face near the centre. With --pairs: YuNet alone on every image of pairs.txt (7,701),
+counting the images without a face (the model-pack target is none).
 
-    nice -n 10 python benchmarks/detect.py [--lfw 200] [--repeats 3]
+    nice -n 10 python benchmarks/detect.py [--lfw 200] [--repeats 3] [--pairs]
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lfw", type=int, default=200, help="LFW images to time")
     ap.add_argument("--repeats", type=int, default=3, help="runs per image; the best counts")
+    ap.add_argument("--pairs", action="store_true", help="also run YuNet on all 7,701 images of pairs.txt")
     args = ap.parse_args()
     if not FACES.is_dir() or not (LFW / "pairs.txt").is_file():
         sys.exit(f"needs ../shared/data (LFW and detection photos) at {DATA}")
@@ -145,6 +148,41 @@ def main() -> None:
     for k in detectors:
         print(f"{k:6} recall on the {n_labels} labelled faces: {tot[k][1]}/{n_labels} "
               f"({100 * tot[k][1] / n_labels:.1f}%), detections matching no label: {tot[k][2]}")
+    print("\nRecall on smaller copies of the labelled photos (matched / 43, detections matching no label)")
+    for f in (0.5, 0.35):
+        res = dict.fromkeys(detectors, (0, 0))
+        for name, a in ann.items():
+            im = Image.open(FACES / name).convert("RGB")
+            img = np.asarray(im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.BILINEAR))
+            labels = [(x * f, y * f, (x + w) * f, (y + h) * f) for x, y, w, h in a["boxes_xywh"]]
+            for k, fn in detectors.items():
+                hit, extra = matched(labels, [(d.left, d.top, d.right, d.bottom) for d in fn(img)])
+                res[k] = (res[k][0] + hit, res[k][1] + extra)
+        print(f"scale {f}: " + ", ".join(f"{k} {v[0]}/43 ({v[1]})" for k, v in res.items()))
+
+    if args.pairs:
+        pairs_images(yunet)
+
+
+def pairs_images(yunet) -> None:
+    """YuNet on every image of LFW pairs.txt: images with no face, and with no face near the centre."""
+    names = set()
+    for line in (LFW / "pairs.txt").read_text().splitlines()[1:]:
+        f = line.split("\t")
+        names.add((f[0], int(f[1])))
+        names.add((f[2], int(f[3])) if len(f) == 4 else (f[0], int(f[2])))
+    none, off_centre, t0 = [], [], time.perf_counter()
+    for name, i in sorted(names):
+        path = LFW / "images" / name / f"{name}_{i:04d}.jpg"
+        dets = yunet.detect(np.asarray(Image.open(path).convert("RGB")))
+        if not dets:
+            none.append(path.name)
+        elif not any(abs((d.left + d.right) / 2 - 125) < 30 and abs((d.top + d.bottom) / 2 - 125) < 40 for d in dets):
+            off_centre.append(path.name)
+    dt = time.perf_counter() - t0
+    print(f"\nLFW pairs.txt: {len(names)} images, {len(none)} without a face {none[:10]}, "
+          f"{len(off_centre)} without a central face {off_centre[:10]} ({1000 * dt / len(names):.1f} ms/image "
+          "incl. decoding)")
 
 
 if __name__ == "__main__":
