@@ -4,7 +4,9 @@ The shipped ONNX file declares a fixed 1x3x640x640 input, but every reshape in i
 scale factors, so the graph is loaded with symbolic height and width (in memory; the file is untouched) and run on
 the image's own size padded to a multiple of 32. Input: BGR, raw 0-255 floats, NCHW (as OpenCV's FaceDetectorYN
 feeds it). Outputs per stride 8/16/32: cls and obj (already sigmoid), bbox (centre offset and log size in strides)
-and kps (5 landmark offsets in strides), decoded the way FaceDetectorYN decodes them.
+and kps (5 landmark offsets in strides), decoded the way FaceDetectorYN decodes them. Checked once against OpenCV
+5.0's FaceDetectorYN (not a dependency) on the 12 dlib_faces photos and 30 LFW images, one pass at threshold 0.8:
+the same faces, boxes, landmarks and scores within 2e-4.
 """
 
 from __future__ import annotations
