@@ -66,6 +66,7 @@ class IndexManager:
 
     def switch_model(self, spec) -> None:
         """Another model's embeddings are in the catalog now (a reindex): drop the index, rebuild on next use."""
+        self.wait()  # a rebuild of the old model's index must not be swapped in afterwards
         with self.lock:
             self.spec = spec
             self._index = None
