@@ -229,7 +229,7 @@ def test_quality_with_yunet_landmarks(yunet):
     from faceindex.config import Settings
     from faceindex.pipeline import FacePipeline
 
-    pipe = FacePipeline(Settings(cnn_fallback=False))
+    pipe = FacePipeline(Settings(model="dlib", cnn_fallback=False))  # HOG boxes, dlib's landmarks
     lm = pipe.models.landmarker
     chip = np.full((150, 150, 3), 128, np.uint8)
     ours, dlibs = [], []
