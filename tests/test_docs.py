@@ -178,3 +178,29 @@ def test_block_runs_as_written(block: Block, sandbox: Path):
     p = subprocess.run([sys.executable, "-"], input=block.code, cwd=sandbox, capture_output=True, text=True,
                        timeout=900, env=_env())
     _check(p, f"{block.id} (through stdin)")
+    if block.doc.name == "notebook.md":
+        _run_in_ipython(block, sandbox)
+
+
+IPYTHON = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+from PIL import Image
+shell = InteractiveShell.instance()
+result = shell.run_cell(open(sys.argv[1]).read())
+result.raise_error()
+shown = result.result
+print("SHOWN", type(shown).__name__, isinstance(shown, Image.Image) and shown.size)
+"""
+
+
+def _run_in_ipython(block: Block, sandbox: Path) -> None:
+    """A notebook cell ends with an image, which is what the notebook shows."""
+    pytest.importorskip("IPython", reason="IPython is not installed (pip install '.[test]')")
+    script = sandbox / f"block_{block.doc.stem}_{block.line}.py"
+    p = subprocess.run([sys.executable, "-c", IPYTHON, script.name], cwd=sandbox, capture_output=True, text=True,
+                       timeout=900, env=_env())
+    _check(p, f"{block.id} (in IPython)")
+    last = [ln for ln in block.code.splitlines() if ln.strip() and not ln.startswith(" ")][-1].split("#")[0].strip()
+    if "=" not in last and not last.startswith(("import", "from")):  # the cell ends with an expression
+        assert "SHOWN Image (" in p.stdout, p.stdout[-2000:]
