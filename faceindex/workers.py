@@ -217,8 +217,11 @@ def run_pool(paths: Sequence[str], settings: Settings, workers: int,
             w.close(kill=w.task is not None)  # the caller stopped early: do not wait for files in flight
     if pending():
         warnings.warn(f"faceindex could not start worker processes ({last_reason or 'unknown reason'}); analysing "
-                      f"the remaining {pending()} files in this process, on one core", RuntimeWarning, stacklevel=3)
-        for p in [*retry, *queue]:
+                      f"the remaining {len(queue)} files in this process, on one core", RuntimeWarning, stacklevel=3)
+        for p in retry:  # it killed a worker already: here it could take the caller's process down with it
+            yield FileFailure(p, "a worker process died while analysing this file and no new worker could start; "
+                                 "not analysed in this process, where a crash would end the caller")
+        for p in queue:
             yield in_process(p)
 
 
