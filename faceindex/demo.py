@@ -66,13 +66,13 @@ def make_probes(fi: FaceIndex, photo: Path, folder: Path | None = None) -> Probe
     folder = Path(fi.data) / "probes" if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = Probes(folder / "probe.jpg", folder / "same-face.jpg", folder / "other-person.jpg", a)
-    crop = _crop(img, a, 0.6)
+    crop = _crop(img, a, 0.35)  # more would take in a neighbour's face in this crowded photo
     ImageOps.mirror(crop).resize((crop.width * 2, crop.height * 2), Image.Resampling.LANCZOS).save(
         out.probe, quality=90)
-    same = _crop(img, a, 0.4)
+    same = _crop(img, a, 0.3)
     same.resize((round(same.width * 0.8), round(same.height * 0.8)), Image.Resampling.LANCZOS).save(
         out.same, quality=90)
-    _crop(img, b, 0.6).save(out.other, quality=90)
+    _crop(img, b, 0.35).save(out.other, quality=90)
     return out
 
 

@@ -106,16 +106,16 @@ def example_files(tmp_path_factory) -> Path:
     (root / "photos" / "old").mkdir(parents=True)
     (root / "photos" / demo.SAMPLE).write_bytes(demo.sample_bytes())
     img.crop((0, 0, img.width // 2, img.height)).save(root / "photos" / "old" / "left-half.jpg", quality=90)
-    a = _crop(img, boxes[0], 0.6)
+    a = _crop(img, boxes[0], 0.35)
     ImageOps.mirror(_scaled(a, 2)).save(root / "probe.jpg", quality=90)
     a.save(root / "a.jpg", quality=90)
     ImageOps.mirror(_scaled(a, 0.8)).save(root / "b.jpg", quality=90)
-    ImageOps.mirror(_crop(img, boxes[1], 0.6)).save(root / "selfie.jpg", quality=90)
+    ImageOps.mirror(_crop(img, boxes[1], 0.35)).save(root / "selfie.jpg", quality=90)
     (root / "pairs.tsv").write_text("a.jpg\tb.jpg\nprobe.jpg\tselfie.jpg\n")
     for n, box in enumerate(boxes[2:6]):
         person = root / "my-labelled-faces" / f"person{n + 1}"
         person.mkdir(parents=True)
-        c = _crop(img, box, 0.6)
+        c = _crop(img, box, 0.35)
         c.save(person / "1.jpg", quality=90)
         ImageOps.mirror(_scaled(c, 1.5)).save(person / "2.jpg", quality=90)
     return root
