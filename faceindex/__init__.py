@@ -17,6 +17,7 @@ from .errors import (
 from .types import AddReport, Box, Face, Match, Person, ProbeResult, Quality, Verification
 
 if TYPE_CHECKING:
+    from .drawing import draw, draw_matches
     from .engine import FaceIndex
 
 __version__ = "0.1.0"
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDenied", "AddReport", "Box", "CatalogError", "Face", "FaceIndex", "FaceIndexError", "ImageError",
     "Match", "ModelError", "NoFaceError", "NotFoundError", "Person", "PolicyError", "ProbeResult", "Quality",
-    "Verification", "open",
+    "Verification", "draw", "draw_matches", "open",
 ]
 
 
@@ -34,6 +35,10 @@ def __getattr__(name: str):
         from .engine import FaceIndex
 
         return FaceIndex
+    if name in ("draw", "draw_matches"):  # Pillow drawing for notebooks; imported when first used
+        from . import drawing
+
+        return getattr(drawing, name)
     raise AttributeError(name)
 
 

@@ -697,3 +697,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; everything indexed so far is kept")
         sys.exit(130)
+
+
+from . import cli_demo  # noqa: E402, F401 - registers `faceindex demo` (kept in its own module)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,25 +129,8 @@ class FileFailure:
 
 
 # --- process pool -------------------------------------------------------------------------------------------
-# Each worker process builds its own pipeline once, in the pool initializer; this global is the worker's
-# process-local state, never touched in the parent.
-_worker_pipeline: FacePipeline | None = None
-
-
-def _init_worker(settings_json: str) -> None:
-    global _worker_pipeline
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker_pipeline = FacePipeline(Settings.model_validate_json(settings_json))
-
-
-def _work(path: str) -> ImageResult | FileFailure:
-    assert _worker_pipeline is not None
-    if os.environ.get("_FACEINDEX_TEST_CRASH_ON") and os.environ["_FACEINDEX_TEST_CRASH_ON"] in path:
-        os._exit(139)  # test hook: a native decoder or model crashing on one file
-    return _analyse(_worker_pipeline, path)
-
-
 def _analyse(pipe: FacePipeline, path: str) -> ImageResult | FileFailure:
+    """One file, in a worker or in-process: never raises for a bad file (the failure says why)."""
     if os.environ.get("_FACEINDEX_TEST_SLOW_S"):
         time.sleep(float(os.environ["_FACEINDEX_TEST_SLOW_S"]))  # test hook: a slow machine, so a kill lands mid-run
     try:
@@ -167,8 +147,11 @@ def analyse_files(paths: Iterable[str], settings: Settings, workers: int,
                   pipeline: FacePipeline | None = None) -> Iterator[ImageResult | FileFailure]:
     """Analyse files with `workers` processes (in-process when 1), yielding results as they complete.
 
-    A worker that dies (a native crash on one file) does not stop the batch: the pool is restarted, the files that
-    were in flight are retried one at a time, and the one that kills a worker again is reported as failed.
+    Workers are started by `faceindex.workers` as `python -m faceindex.workers`, never by re-running the caller's
+    main module, so this works the same from a script without a `__main__` guard, stdin, `python -c`, a notebook
+    or a server thread. A worker that dies (a native crash on one file) does not stop the batch: the file it had
+    is retried once in a fresh worker and reported as failed if it kills that one too. If no worker can start, one
+    warning says why and the files are analysed in this process.
     """
     paths = list(paths)
     if workers <= 1 or len(paths) <= 1:
@@ -176,34 +159,13 @@ def analyse_files(paths: Iterable[str], settings: Settings, workers: int,
         for p in paths:
             yield _analyse(pipe, p)
         return
-    import multiprocessing as mp
+    from .workers import run_pool
 
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    queue: deque[str] = deque(paths)
-    suspects: deque[str] = deque()  # in flight when a worker died: retried alone
-    retried: set[str] = set()
-    while queue or suspects:
-        inflight: dict = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(settings.model_dump_json(),)) as pool:
-            try:
-                while queue or suspects or inflight:
-                    limit = 1 if suspects else workers * 4
-                    while len(inflight) < limit and (suspects or queue):
-                        if suspects:
-                            p = suspects.popleft()
-                            retried.add(p)
-                        else:
-                            p = queue.popleft()
-                        inflight[pool.submit(_work, p)] = p
-                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        result = fut.result()
-                        del inflight[fut]
-                        yield result
-            except BrokenProcessPool:
-                for p in inflight.values():
-                    if p in retried:  # it killed a worker on its own
-                        yield FileFailure(p, "the image decoder or face model crashed on this file")
-                    else:
-                        suspects.append(p)
+    fallback: list[FacePipeline] = []
+
+    def in_process(path: str) -> ImageResult | FileFailure:
+        if not fallback:
+            fallback.append(pipeline or FacePipeline(settings))
+        return _analyse(fallback[0], path)
+
+    yield from run_pool(paths, settings, workers, in_process)
