@@ -644,7 +644,9 @@ function qualityText(q) {
 }
 
 function candidateCard(c, caseRef) {
-  const pct = Math.max(0, Math.min(1, (c.similarity - 0.5) / 0.5)) * 100;
+  // the bar shows how rare the score is among different people (calibrated, the same for every model pack):
+  // FMR 1 -> empty, 1 in 100 million -> full; raw similarities are on each model's own scale
+  const pct = Math.max(0, Math.min(1, -Math.log10(Math.max(c.fmr, 1e-9)) / 8)) * 100;
   const file = baseName(c.path);
   const badgeSlot = h("span", { class: "badge-slot" }, confirmationBadge(c));
   const confirmBtn = h("button", { type: "button", class: "btn btn-small" }, "Confirm");
@@ -699,7 +701,7 @@ function candidateCard(c, caseRef) {
         h("div", {
           class: `simbar-track ${labelClass(c.label)}`, role: "meter", "aria-valuemin": "0", "aria-valuemax": "1",
           "aria-valuenow": String(c.similarity), "aria-label": "Similarity",
-          title: "Similarity (the bar spans 0.5 to 1.0)",
+          title: "Similarity; the bar shows its false-match rate (empty: 1 in 1, full: 1 in 100 million)",
         }, h("div", { class: "simbar-fill", style: { width: `${pct.toFixed(1)}%` } })),
         h("span", { class: "simbar-val" }, c.similarity.toFixed(3)),
       ),
