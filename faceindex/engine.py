@@ -138,10 +138,18 @@ class FaceIndex:
     @property
     def spec(self) -> ModelSpec:
         """The embedding model's identity (key, dim, calibration table) of this index's pack."""
+        self._follow_model()
         return self.pack.spec
+
+    def _follow_model(self) -> None:
+        """Take up the model another process moved the catalog to (faceindex reindex while a server runs)."""
+        key = self.catalog.get_meta("model")
+        if key is not None and key != self.pack.key:
+            self._use_pack(packs.by_key(key, self.data))
 
     @property
     def pipeline(self) -> FacePipeline:
+        self._follow_model()
         with self._lock:
             if self._pipeline is None:
                 self._pipeline = FacePipeline(self.settings, pack=self.pack)
@@ -160,6 +168,7 @@ class FaceIndex:
     @property
     def index(self) -> FaissIndex | HnswIndex:
         """The vector index, loaded once and repaired from the catalog when they disagree."""
+        self._follow_model()
         return self.vectors.index
 
     @property

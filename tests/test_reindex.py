@@ -118,9 +118,16 @@ def test_optout_without_template_for_the_new_model_is_reported_and_renewed(dlib_
     with db:
         db.execute("DELETE FROM optout_models WHERE model = 'yunet-omz95@1/256'")  # as if made before packs
     db.close()
-    p = cli("reindex", "--model", "yunet-omz95", data=data)
-    assert p.returncode == 0, p.stderr
-    assert "WARNING: opt-out REQ-1 has no template for model yunet-omz95 and is NOT enforced" in p.stderr
+    with FaceIndex.open(data) as serving:  # another process (a server) holding the index open
+        assert serving.pack.name == "dlib" and serving.index.count > 0
+        p = cli("reindex", "--model", "yunet-omz95", data=data)
+        assert p.returncode == 0, p.stderr
+        assert "WARNING: opt-out REQ-1 has no template for model yunet-omz95 and is NOT enforced" in p.stderr
+        # it takes up the new model: its probes are embedded with it and searched in the rebuilt index
+        res = serving.search(lfw("Colin_Powell", 30), top=1, **WHY)[0]
+        assert serving.pack.name == "yunet-omz95" and res.face.embedding.shape == (256,)
+        assert person_of(res.matches[0].path) == "Colin_Powell"
+        assert serving.stats()["model_pack"] == "yunet-omz95" and serving.calibration.model == "yunet-omz95@1/256"
     with FaceIndex.open(data) as fi:
         assert [o["templates"] for o in fi.optouts()] == [0]
         receipt = fi.optout_add([lfw(OPTED, 1)], "REQ-1")  # photos again: renewed, in force
