@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Settings
-from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError, PolicyError
+from .errors import EXIT_PARTIAL, CatalogError, FaceIndexError, NoFaceError, PolicyError
+from .text import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Index the faces of your own photo collections and search them. Results are candidate "
@@ -471,30 +473,100 @@ def _receipt(receipt: dict, as_json: bool, headline: str) -> None:
 
 
 # --- audit -------------------------------------------------------------------------------------------------------
+@contextmanager
+def _audit_files():
+    """The catalog and the audit log's path and key, opened without the cross-check that refuses a broken log:
+    the audit commands are how an operator looks at one. Only roles allowed to audit may."""
+    from . import anchor
+    from .catalog import Catalog
+    from .policy import check_permission
+
+    check_permission(state.settings.role, "audit")
+    data = state.settings.resolved_data()
+    if not (data / "catalog.db").is_file():
+        raise CatalogError(f"no data folder at {data} (no catalog.db)")
+    catalog = Catalog(data / "catalog.db")
+    try:
+        yield catalog, data / "audit.db", anchor.load_key(state.settings)
+    finally:
+        catalog.close()
+
+
 @audit_app.command("verify")
 def audit_verify(
     head: Annotated[str | None, typer.Option(help="anchored head SEQ:HASH kept elsewhere, to detect rewrites")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check the hash chain; names the first bad record. Exit 1 when the log was tampered with."""
-    anchor = None
+    """Check the hash chain against the head the catalog recorded (and --head, if given); names the first bad
+    record. Exit 1 when the log was tampered with, deleted, emptied or truncated."""
+    from . import anchor
+
+    expected = None
     if head:
         seq, _, digest = head.partition(":")
         if not seq.isdigit() or len(digest) != 64:
             raise typer.BadParameter("--head must be SEQ:SHA256HEX")
-        anchor = (int(seq), digest)
-    with _open() as fi:
-        res = fi.audit_verify(anchor)
-        seq, digest = fi.audit.head()
+        expected = (int(seq), digest)
+    try:
+        with _audit_files() as (catalog, path, key):
+            res, log_head = anchor.verify(catalog, path, key, expected)
+            anchored = anchor.read_anchor(catalog)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    head_text = f"{log_head[0]}:{log_head[1]}" if log_head else None
     if as_json:
         _emit_json({"ok": res.ok, "records": res.records_checked, "first_bad_seq": res.first_bad_seq,
-                    "problem": res.problem, "head": f"{seq}:{digest}"})
+                    "problem": res.problem, "kind": res.kind, "head": head_text,
+                    "anchored": f"{anchored[0]}:{anchored[1]}" if anchored else None})
     elif res.ok:
-        out.print(f"audit log intact: {res.records_checked} records; head {seq}:{digest}", markup=False)
+        out.print(f"audit log intact: {res.records_checked} records; head {head_text}", markup=False)
     else:
-        err.print(f"audit log TAMPERED: {res.problem}", markup=False, highlight=False)
+        err.print(f"audit log TAMPERED: {shown(res.problem)}", markup=False, highlight=False)
     if not res.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the audit head SEQ:HASH for an external notary (a ticket, a signed mail, write-once storage);
+    check it later with `audit verify --head SEQ:HASH`."""
+    from . import anchor
+
+    try:
+        with _audit_files() as (catalog, path, key), anchor.open_audit(catalog, path, key) as log:
+            seq, digest = log.head()
+            mode = log.mode
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json({"head": f"{seq}:{digest}", "seq": seq, "hash": digest, "mode": mode,
+                    "time": datetime.now(UTC).isoformat(timespec="seconds")})
+    else:
+        out.print(f"{seq}:{digest}", markup=False, highlight=False)
+
+
+@audit_app.command("reset")
+def audit_reset(
+    reason: Annotated[str, typer.Option(help="why the log is being reset (recorded in the new chain's first record)")],
+) -> None:
+    """Start a new audit chain after the log was found missing, emptied, truncated or rewritten (or to switch to a
+    keyed chain). The old file is kept aside, and record 1 of the new chain names the old head and the reason.
+    Stop the server first."""
+    from . import anchor
+    from .policy import check_permission
+
+    try:
+        check_permission(state.settings.role, "policy")
+        with _audit_files() as (catalog, path, key):
+            rec = anchor.reset(catalog, path, key, reason, actor=state.settings.actor, role=state.settings.role)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    kept = rec.details.get("old_log_kept_as")
+    out.print(f"new audit chain started: record {rec.seq} ({rec.action}) {rec.hash}; the catalog had anchored "
+              f"{rec.details.get('anchored_head') or 'nothing'}; found {shown(rec.details.get('found'))}"
+              + (f"; old log kept as {kept}" if kept else ""), markup=False, highlight=False)
 
 
 @audit_app.command("show")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     actor: str = Field(default_factory=lambda: _user(), min_length=1, description="who is acting (audit trail)")
     role: Literal["owner", "admin", "investigator", "auditor", "privacy-officer"] = Field(
         default="owner", description="the actor's role; the local operator owns the data folder")
+
+    audit_key: SecretStr | None = Field(
+        default=None, description="key of a keyed (HMAC) audit chain (FACEINDEX_AUDIT_KEY); keep it out of the data folder")
+    audit_key_file: Path | None = Field(
+        default=None, description="file holding the audit key (FACEINDEX_AUDIT_KEY_FILE), outside the data folder")
 
     def resolved_data(self) -> Path:
         return self.data.expanduser().resolve()
