@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from .errors import AuditKeyError, CatalogError
+from .text import check_text
 
 SCHEMA_VERSION: Final = 2  # 2: audit_info (hash mode and key fingerprint)
 PLAIN: Final = "sha256"
@@ -434,9 +435,11 @@ class AuditLog:
         for name, value in (("action", action), ("actor", actor), ("role", role)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"audit {name} must be a non-empty string, not {value!r}")
+            check_text(value, f"audit {name}")  # no escape codes or bidi tricks reach an auditor's terminal
         for name, value in (("purpose", purpose), ("case_ref", case_ref)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"audit {name} must be a string or None, not {type(value).__name__}")
+            check_text(value, f"audit {name}", optional=True)
         if details is None:
             details = {}
         if not isinstance(details, Mapping):

@@ -87,7 +87,7 @@ def _open():
 
 
 def _fail(e: FaceIndexError) -> typer.Exit:
-    err.print(f"error: {e}", markup=False, highlight=False)
+    err.print(f"error: {shown(e)}", markup=False, highlight=False)
     return typer.Exit(e.exit_code)
 
 
@@ -180,7 +180,7 @@ def search(
                 raise _fail(e) from e
             except FaceIndexError as e:
                 failed = failed or e.exit_code
-                err.print(f"error: {e}", markup=False, highlight=False)
+                err.print(f"error: {shown(e)}", markup=False, highlight=False)
                 results_json.append({"probe": str(probe), "error": str(e), "code": type(e).__name__})
                 continue
             for n, r in enumerate(results):
@@ -239,9 +239,9 @@ def _print_probe(r, n: int, floor: float) -> None:
     if not r.matches:
         out.print("  no faces in the gallery")
     for m in r.matches:
-        who = m.person_name or (f"person {m.person_id}" if m.person_id else "no person")
+        who = shown(m.person_name) if m.person_name else (f"person {m.person_id}" if m.person_id else "no person")
         out.print(f"  {m.rank:>2}. {m.similarity:.4f}  FMR {_fmr_text(m.fmr, floor):<16} "
-                  f"expected false {m.expected_false:<8.3g} {m.label:<18}  {who}  [{m.source}] {m.path}  "
+                  f"expected false {m.expected_false:<8.3g} {m.label:<18}  {who}  [{shown(m.source)}] {shown(m.path)}  "
                   f"box {m.box.as_list()}", markup=False, highlight=False)
 
 
@@ -327,7 +327,7 @@ def people(
     for c in ("person", "name", "faces", "images"):
         t.add_column(c)
     for p in found:
-        t.add_row(str(p.id), p.name or "-", str(p.face_count), str(p.image_count))
+        t.add_row(str(p.id), shown(p.name or "-"), str(p.face_count), str(p.image_count))
     out.print(t)
 
 
@@ -344,10 +344,10 @@ def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")]
             {"face_id": f.id, "path": f.path, "source": f.source, "box": f.box.as_list(),
              "quality": round(f.quality, 3)} for f in faces]})
         return
-    out.print(f"person {p.id} ({p.name or 'unnamed'}): {p.face_count} faces in {p.image_count} images",
+    out.print(f"person {p.id} ({shown(p.name or 'unnamed')}): {p.face_count} faces in {p.image_count} images",
               markup=False, highlight=False)
     for f in faces:
-        out.print(f"  face {f.id}  {f.path}  box {f.box.as_list()}  quality {f.quality:.2f}", markup=False,
+        out.print(f"  face {f.id}  {shown(f.path)}  box {f.box.as_list()}  quality {f.quality:.2f}", markup=False,
                   highlight=False)
 
 
@@ -361,7 +361,7 @@ def people_name(person_id: int, name: str) -> None:
         raise _fail(e) from e
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    out.print(f"person {person_id} is now named {name!r}", markup=False, highlight=False)
+    out.print(f"person {person_id} is now named {shown(name)!r}", markup=False, highlight=False)
 
 
 # --- remove / stats ----------------------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     t = Table(show_header=False, show_edge=False)
     for k, v in s.items():
         if k == "sources_list":
-            v = ", ".join(f"{x['name']} ({x['files']} files)" for x in v) or "-"
+            v = ", ".join(f"{shown(x['name'])} ({x['files']} files)" for x in v) or "-"
         elif k == "disk_bytes":
             k, v = "disk", f"{v / 1e6:.1f} MB"
         t.add_row(k, str(v))
@@ -425,7 +425,7 @@ def optout_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         _emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r['reference']}  {r['created_at']}  by {r['actor']}  {r['templates']} template(s)  "
+        out.print(f"{shown(r['reference'])}  {r['created_at']}  by {shown(r['actor'])}  {r['templates']} template(s)  "
                   f"{r['receipt']['faces_removed']} faces removed", markup=False, highlight=False)
     if not rows:
         out.print("no opt-outs registered")
@@ -436,7 +436,7 @@ def optout_remove(reference: Annotated[str, typer.Argument(help="the opt-out's r
     """Withdraw an opt-out (audited). Faces deleted earlier are not restored."""
     with _open() as fi:
         fi.optout_remove(reference)
-    out.print(f"opt-out {reference} withdrawn", markup=False, highlight=False)
+    out.print(f"opt-out {shown(reference)} withdrawn", markup=False, highlight=False)
 
 
 @app.command()
@@ -587,8 +587,10 @@ def audit_show(
     for r in rows:
         d = r.details
         extra = f"  results {sum(len(x) for x in d['results'])}" if isinstance(d.get("results"), list) else ""
-        out.print(f"#{r.seq} {r.time} {r.actor} ({r.role}) {r.action}  purpose={r.purpose or '-'} "
-                  f"case={r.case_ref or '-'}{extra}", markup=False, highlight=False)
+        # Stored text is escaped: whatever an older version let in, no escape code reaches the terminal.
+        out.print(f"#{r.seq} {shown(r.time)} {shown(r.actor)} ({shown(r.role)}) {shown(r.action)}  "
+                  f"purpose={shown(r.purpose or '-')} case={shown(r.case_ref or '-')}{extra}",
+                  markup=False, highlight=False)
 
 
 # --- sources, retention, policy ------------------------------------------------------------------------------------
@@ -613,7 +615,7 @@ def source_add(
     """Register a source (or change its basis, retention or notice)."""
     with _open() as fi:
         s = fi.set_source(name, basis, _days(retention), notice)
-    out.print(f"source {s['name']}: basis {s['basis']}, retention "
+    out.print(f"source {shown(s['name'])}: basis {s['basis']}, retention "
               f"{str(s['retention_days']) + ' days' if s['retention_days'] else 'none'}", markup=False)
 
 
@@ -626,7 +628,7 @@ def source_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         _emit_json(rows)
         return
     for s in rows:
-        out.print(f"{s['name']}: basis {s['basis']}, {s['files']} files, retention "
+        out.print(f"{shown(s['name'])}: basis {shown(s['basis'])}, {s['files']} files, retention "
                   f"{s['retention_days'] or '-'} days, next expiry {s['next_expiry'] or '-'}", markup=False)
 
 
@@ -703,7 +705,7 @@ def keys_create(
     if as_json:
         _emit_json({"id": key_id, "name": name, "role": role, "token": token})
     else:
-        out.print(f"key {key_id} ({role}, {name}): {token}\nstore it now: it cannot be shown again", markup=False)
+        out.print(f"key {key_id} ({role}, {shown(name)}): {token}\nstore it now: it cannot be shown again", markup=False)
 
 
 @keys_app.command("list")
@@ -716,7 +718,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for k in rows:
         state = f"revoked {k['revoked_at']}" if k["revoked_at"] else f"last used {k['last_used_at'] or 'never'}"
-        out.print(f"{k['id']}  {k['role']:<16} {k['name']}  fi_{k['prefix']}_…  {state}", markup=False)
+        out.print(f"{k['id']}  {k['role']:<16} {shown(k['name'])}  fi_{k['prefix']}_…  {state}", markup=False)
 
 
 @keys_app.command("revoke")
@@ -749,13 +751,13 @@ def main() -> None:
     try:
         app()
     except NoFaceError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(e.exit_code)
     except FaceIndexError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(e.exit_code)
     except ValueError as e:  # bad parameters reaching the engine
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; everything indexed so far is kept")

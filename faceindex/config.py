@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         default=None, description="key of a keyed (HMAC) audit chain (FACEINDEX_AUDIT_KEY); keep it out of the data folder")
     audit_key_file: Path | None = Field(
         default=None, description="file holding the audit key (FACEINDEX_AUDIT_KEY_FILE), outside the data folder")
+
+    @field_validator("actor")
+    @classmethod
+    def _clean_actor(cls, value: str) -> str:
+        from .text import check_text
+
+        return check_text(value, "the actor (FACEINDEX_ACTOR)")
 
     def resolved_data(self) -> Path:
         return self.data.expanduser().resolve()

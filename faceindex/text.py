@@ -9,6 +9,7 @@ stored before a human-readable output prints it.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Final
 
@@ -68,3 +69,23 @@ def shown(value: object) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+_IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def check_identity(value: object, what: str = "a key name") -> str:
+    """A name that identifies a person or service in the audit trail (an API key's name): 1-64 ASCII letters,
+    digits and . _ @ - starting with a letter or digit. No spaces or brackets, so that no chosen name can read
+    like someone else's actor string ("alice (key 2)"), and no look-alike letters from other scripts."""
+    text = check_text(value, what, max_len=64)
+    assert text is not None
+    if not _IDENTITY.fullmatch(text):
+        raise ValueError(f"{what} must be 1-64 ASCII letters, digits and . _ @ - (starting with a letter or digit), "
+                         f"not {shown(text)!r}")
+    return text
+
+
+def identity_key(name: str) -> str:
+    """The form two names that read alike share ("Alice", "alice", "a.lice" differ; "Alice" and "alice" do not)."""
+    return name.casefold()

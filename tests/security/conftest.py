@@ -139,3 +139,17 @@ def auth(token: str) -> dict[str, str]:
 def search(client: httpx.Client, token: str, image: bytes, **form: str) -> httpx.Response:
     return client.post("/v1/search", headers=auth(token), files={"probe": ("probe.jpg", image, "image/jpeg")},
                        data={**WHY, **form})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Site:
+    if not LFW.is_dir():
+        pytest.skip(f"LFW images not found at {LFW} (../shared/data is absent)")
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def server(site: Site):
+    s = Server(site.data, site.data.parent / "server.log", rate_limit="100000")
+    yield s
+    s.stop()
