@@ -419,6 +419,12 @@ class Catalog:
                 out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         return out
 
+    def face_pixels(self, face_id: int) -> int:
+        """Pixels of the image a face is in (what serving its crop decodes); 0 for an unknown face."""
+        row = self.db.execute("SELECT i.width * i.height FROM faces f JOIN images i ON i.id = f.image_id "
+                              "WHERE f.id = ?", (face_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     def face_record(self, face_id: int) -> FaceRecord:
         rec = self.face_records([face_id]).get(face_id)
         if rec is None:

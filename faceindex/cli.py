@@ -185,7 +185,7 @@ def search(
                 continue
             for n, r in enumerate(results):
                 if crops is not None:
-                    _write_crops(fi, crops, probe, n, r, crop_jpeg)
+                    _write_crops(fi, crops, probe, n, r, crop_jpeg, purpose, case)
                 if as_json:
                     results_json.append(_probe_json(r, n))
                 else:
@@ -198,7 +198,7 @@ def search(
         raise typer.Exit(failed)
 
 
-def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
+def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg, purpose: str | None, case: str | None) -> None:
     from . import images
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,8 @@ def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
     (folder / f"{stem}_probe.jpg").write_bytes(crop_jpeg(pixels, r.face.box))
     for m in r.matches:
         try:
-            (folder / f"{stem}_rank{m.rank:02d}_face{m.face_id}.jpg").write_bytes(fi.face_crop(m.face_id))
+            (folder / f"{stem}_rank{m.rank:02d}_face{m.face_id}.jpg").write_bytes(
+                fi.face_crop(m.face_id, purpose=purpose, case=case))
         except FaceIndexError as e:
             err.print(f"  no crop for face {m.face_id}: {e}", markup=False, highlight=False)
 
@@ -309,17 +310,19 @@ def people(
     recluster: Annotated[bool, typer.Option(help="re-cluster even if nothing changed since the last run")] = False,
     min_faces: Annotated[int, typer.Option(min=1, help="list only people with at least this many faces")] = 2,
     limit: Annotated[int, typer.Option(min=1, help="list at most this many people")] = 50,
+    purpose: Purpose = None,
+    case: Case = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Group all indexed faces into people (when the index changed) and list them by size."""
+    """Group all indexed faces into people (when the index changed) and list them by size (audited)."""
     if ctx.invoked_subcommand is not None:
         return
     with _open() as fi:
         if recluster or fi.catalog.get_meta("people_generation") != str(fi.catalog.generation):
-            fi.cluster()
+            fi.cluster(purpose=purpose, case=case)
             with fi.catalog.transaction():
                 fi.catalog.set_meta("people_generation", str(fi.catalog.generation))
-        found = fi.people(min_faces=min_faces)[:limit]
+        found = fi.people(min_faces=min_faces, purpose=purpose, case=case)[:limit]
     if as_json:
         _emit_json([{"id": p.id, "name": p.name, "faces": p.face_count, "images": p.image_count} for p in found])
         return
@@ -332,11 +335,12 @@ def people(
 
 
 @people_app.command("show")
-def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A person's faces and the images they are in."""
+def people_show(person_id: int, purpose: Purpose = None, case: Case = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A person's faces and the images they are in (audited)."""
     try:
         with _open() as fi:
-            p, faces = fi.person(person_id)
+            p, faces = fi.person(person_id, purpose=purpose, case=case)
     except FaceIndexError as e:
         raise _fail(e) from e
     if as_json:
@@ -352,11 +356,11 @@ def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")]
 
 
 @people_app.command("name")
-def people_name(person_id: int, name: str) -> None:
-    """Give a person a name (kept when people are re-clustered)."""
+def people_name(person_id: int, name: str, purpose: Purpose = None, case: Case = None) -> None:
+    """Give a person a name (kept when people are re-clustered; audited)."""
     try:
         with _open() as fi:
-            fi.name_person(person_id, name)
+            fi.name_person(person_id, name, purpose=purpose, case=case)
     except FaceIndexError as e:
         raise _fail(e) from e
     except ValueError as e:
@@ -443,9 +447,10 @@ def optout_remove(reference: Annotated[str, typer.Argument(help="the opt-out's r
 def access(photos: Photos, reference: Reference,
            out_dir: Annotated[Path, typer.Option("--out", help="folder for the JSON and HTML reports")] = Path("."),
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Answer a subject access request: every face held that matches the person (JSON + HTML report)."""
+    """Answer a subject access request: every face held that matches the person (JSON + HTML report). Recorded
+    with the purpose "data-subject-request" under the request's reference."""
     with _open() as fi:
-        report = fi.access(photos, reference, out_dir)
+        report = fi.access(photos, reference, out_dir, purpose="data-subject-request")
     if as_json:
         _emit_json(report)
         return

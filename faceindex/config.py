@@ -46,7 +46,11 @@ class Settings(BaseSettings):
                            description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
-    rate_limit: int = Field(default=120, ge=1, description="requests per minute per API key (server)")
+    rate_limit: int = Field(
+        default=120, ge=1, description="work units per minute per user (server): a request is 1, each 2 megapixels "
+                                       "decoded 1 more, each 100 faces returned 1 more; a user's keys share it")
+    auth_failure_limit: int = Field(
+        default=30, ge=1, description="failed authentications per minute per client address before 429 (server)")
     ingest_roots: list[Path] = Field(
         default_factory=list, description="server-side folders the server may ingest from (none by default)")
     actor: str = Field(default_factory=lambda: _user(), min_length=1, description="who is acting (audit trail)")

@@ -16,23 +16,30 @@ if TYPE_CHECKING:
     from .engine import FaceIndex
 
 
-def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3) -> bytes:
-    """A JPEG crop of a stored face, read from its source file."""
+def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3, *, purpose: str | None = None,
+              case: str | None = None, audit: bool = True) -> bytes:
+    """A JPEG crop of a stored face, read from its source file. Audited ("face.crop" with the purpose and case),
+    unless `audit` is False for a caller whose own record names the face (a subject access report's thumbnails)."""
     rec = fi.catalog.face_record(face_id)
     try:
         pixels = search.load(fi, rec.path).pixels
     except ImageError as e:
         raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
-    return crop_jpeg(pixels, rec.box, size, margin)
+    data = crop_jpeg(pixels, rec.box, size, margin)
+    if audit:
+        fi._record("face.crop", purpose, case, {"face_ids": [face_id], "size": size})
+    return data
 
 
-def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600) -> bytes:
-    """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG)."""
+def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose: str | None = None,
+                  case: str | None = None) -> bytes:
+    """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG). Audited."""
     rec = fi.catalog.face_record(face_id)
     try:
         pixels = search.load(fi, rec.path).pixels
     except ImageError as e:
         raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+    fi._record("face.image", purpose, case, {"face_ids": [face_id], "image_id": rec.image_id})
     img = Image.fromarray(pixels)
     scale = min(1.0, max_side / max(img.size))
     if scale < 1:

@@ -13,6 +13,7 @@ from . import images, privacy
 from .errors import ImageError, PolicyError
 from .pipeline import FileFailure, ImageResult, analyse_files
 from .search import matches_any
+from .text import check_text
 from .types import AddReport, FileError
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     report = AddReport(source=source)
     emit = progress or (lambda _event, _info: None)
     fi.catalog.check_model(fi.spec.key)
+    source = check_text(source, "a source name")
     source_id = fi.catalog.source_id(source, create=True)
     if fi.policy.require_source_basis and privacy.get_source(fi, source)["basis"] == "unspecified":
         raise PolicyError(f"source {source!r} has no legal basis; register it with "

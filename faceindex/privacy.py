@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +14,14 @@ import numpy as np
 from . import policy as policies
 from . import search
 from .catalog import now
-from .errors import FaceIndexError, NotFoundError
+from .errors import FaceIndexError, NotFoundError, PolicyError
+from .text import MAX_LONG, check_text
 
 if TYPE_CHECKING:
     from .engine import FaceIndex
     from .search import ImageInput
+
+SAR_PURPOSE = "data-subject-request"  # the one purpose subject access serves
 
 
 def optout_threshold(fi: FaceIndex) -> float:
@@ -73,18 +77,25 @@ def optouts(fi: FaceIndex) -> list[dict]:
 def optout_remove(fi: FaceIndex, reference: str) -> None:
     """Withdraw an opt-out (its faces are not restored; new photos will be indexed again). Audited."""
     fi._allow("privacy")
+    reference = check_reference(reference)
     fi.catalog.remove_optout(reference)
     fi._record("optout.remove", case=reference, details={"reference": reference})
 
 
 def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Path | None = None,
-           *, _action: str = "access") -> dict:
-    """Answer a subject access request: every face held that matches the person, with its provenance.
+           *, purpose: str | None = None, _action: str = "access") -> dict:
+    """Answer a subject access request: every face held that matches the person, with its provenance (source,
+    legal basis, file name, box, date; not where the server keeps the file).
 
-    With `out_dir`, writes `<reference>.json` and a fi-contained `<reference>.html` with thumbnails.
+    Only for a data-subject request: `purpose` must be "data-subject-request" (PolicyError otherwise), and the
+    reference names the request. With `out_dir`, writes `<reference>.json` and a self-contained
+    `<reference>.html` with thumbnails.
     """
     fi._allow("privacy")
     reference = check_reference(reference)
+    if purpose != SAR_PURPOSE:
+        raise PolicyError(f"subject access answers a data-subject request only: give the purpose {SAR_PURPOSE!r} "
+                          "and the request's reference")
     templates = _templates(fi, photos)
     matches = _matching_faces(fi, templates, access_threshold(fi))
     records = fi.catalog.face_records(list(matches))
@@ -93,7 +104,8 @@ def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Pat
         r = records[fid]
         faces.append({"face_id": fid, "similarity": round(matches[fid], 5),
                       "fmr": float(fi.calibration.fmr_at(matches[fid])), "source": r.source, "basis": r.basis,
-                      "path": r.path, "box": r.box.as_list(), "added_at": r.added_at, "image_id": r.image_id})
+                      "file": os.path.basename(r.path), "box": r.box.as_list(), "added_at": r.added_at,
+                      "image_id": r.image_id})
     report = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
               "threshold": round(access_threshold(fi), 5), "threshold_fmr": fi.policy.access_fmr,
               "images": len({f["image_id"] for f in faces}), "faces": faces}
@@ -104,11 +116,11 @@ def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Pat
         thumbs = {}
         for f in faces:
             with contextlib.suppress(FaceIndexError):  # listed without a thumbnail
-                thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96)
+                thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
         (out_dir / f"{reference}.json").write_text(json.dumps(report, indent=2))
         (out_dir / f"{reference}.html").write_text(access_html(report, thumbs))
         report["files"] = [str(out_dir / f"{reference}.json"), str(out_dir / f"{reference}.html")]
-    fi._record(_action, case=reference, details={
+    fi._record(_action, purpose, case=reference, details={
         "templates": len(templates), "threshold": report["threshold"], "gallery": fi._gallery_state(),
         "results": [[f["face_id"], f["similarity"]] for f in faces], "exported": report.get("files", [])})
     return report
@@ -118,7 +130,7 @@ def erase(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Path
     """Access + deletion + opt-out in one step; returns the receipt."""
     fi._allow("privacy")
     reference = check_reference(reference)
-    report = access(fi, photos, reference, out_dir, _action="erase.access")
+    report = access(fi, photos, reference, out_dir, purpose=SAR_PURPOSE, _action="erase.access")
     receipt = optout_add(fi, photos, reference)
     receipt["faces_listed"] = len(report["faces"])
     fi._record("erase", case=reference, details=receipt)
@@ -137,6 +149,8 @@ def set_source(fi: FaceIndex, name: str, basis: str | None = None, retention_day
                notice: str | None = None) -> dict:
     """Register a source, or change its legal basis, retention (0 = keep) or notice. Audited."""
     fi._allow("ingest")
+    name = check_text(name, "a source name")
+    notice = check_text(notice, "a source notice", max_len=MAX_LONG, optional=True)
     if basis is not None and basis not in policies.BASES:
         raise ValueError(f"unknown legal basis {basis!r}; one of: {', '.join(policies.BASES)}")
     if retention_days is not None and not 0 <= retention_days <= 36_500:

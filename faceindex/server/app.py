@@ -7,6 +7,7 @@ X-API-Key); the key's role decides what it may do and its name is the actor in t
 
 
 import contextlib
+import io
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from ..errors import (
     NotFoundError,
     PolicyError,
 )
+from ..text import identity_key
 from . import schemas as S
 
 log = logging.getLogger("faceindex.server")
@@ -96,27 +98,56 @@ class Principal:
     def actor(self) -> str:
         return key_actor(self.name, self.key_id)
 
+    @property
+    def user(self) -> tuple[str, str]:
+        """The rate limiter's key: a user's several keys share one budget."""
+        return ("user", identity_key(self.name))
+
+
+# Work units: a request costs 1; decoding pixels and returning faces cost more, so that one expensive request
+# (a 60-megapixel photo) is charged like the many cheap ones it is worth.
+PIXELS_PER_UNIT = 2_000_000
+FACES_PER_UNIT = 100
+IMAGE_REQUEST_COST = 0.1  # a crop of a small photo: a result page fetches dozens
+
 
 class RateLimiter:
-    """A token bucket per API key: `per_minute` requests, refilled continuously."""
+    """A token bucket per key (a user, a client address): `per_minute` work units, refilled continuously."""
 
     def __init__(self, per_minute: int) -> None:
         self.rate = per_minute / 60.0
         self.capacity = float(per_minute)
-        self.buckets: dict[int, tuple[float, float]] = {}
+        self.buckets: dict[object, tuple[float, float]] = {}
         self.lock = threading.Lock()
 
-    def take(self, key: int, cost: float = 1.0) -> float:
-        """0 when allowed, else seconds until a request would be."""
+    def _level(self, key: object, now: float) -> float:
+        tokens, last = self.buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.rate)
+
+    def take(self, key: object, cost: float = 1.0) -> float:
+        """0 when allowed (and charged), else seconds until it would be. A cost above the bucket's capacity is
+        charged as the capacity: it needs a full bucket."""
+        cost = min(cost, self.capacity)
         now = time.monotonic()
         with self.lock:
-            tokens, last = self.buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            tokens = self._level(key, now)
             if tokens >= cost:
                 self.buckets[key] = (tokens - cost, now)
                 return 0.0
             self.buckets[key] = (tokens, now)
             return (cost - tokens) / self.rate
+
+    def charge(self, key: object, cost: float) -> None:
+        """Charge work found out after it was done (faces returned); the bucket may go into debt."""
+        now = time.monotonic()
+        with self.lock:
+            self.buckets[key] = (max(-self.capacity, self._level(key, now) - cost), now)
+
+    def wait(self, key: object, need: float = 1.0) -> float:
+        """Seconds until the bucket holds `need` units (0 when it does), without charging anything."""
+        with self.lock:
+            tokens = self._level(key, time.monotonic())
+        return 0.0 if tokens >= need else (need - tokens) / self.rate
 
 
 @dataclass
@@ -143,6 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
     engine = FaceIndex(settings)
     lock = threading.RLock()  # the engine's catalog connection and index are used by one request at a time
     limiter = RateLimiter(settings.rate_limit)
+    auth_failures = RateLimiter(settings.auth_failure_limit)  # per client address
     jobs: dict[str, Job] = {}
     registry = CollectorRegistry()
     m_requests = Counter("faceindex_http_requests", "HTTP requests", ["method", "route", "status"],
@@ -211,23 +243,63 @@ def create_app(settings: Settings) -> FastAPI:
         return response
 
     # --- auth ------------------------------------------------------------------------------------------------
+    def limited(wait: float, what: str) -> ApiError:
+        return ApiError(429, "rate_limited", what, {"Retry-After": str(max(1, math.ceil(wait)))})
+
     def principal(request: Request,
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
+        addr = ("addr", request.client.host if request.client else "?")
+        wait = auth_failures.wait(addr)
+        if wait:  # guessing keys from this address: stop answering until the budget refills
+            raise limited(wait, "too many failed authentications from this address")
         token = creds.credentials if creds else request.headers.get("x-api-key", "")
-        if not token:
-            raise ApiError(401, "unauthorized", "an API key is required", {"WWW-Authenticate": "Bearer"})
         try:
+            if not token:
+                raise AccessDenied("an API key is required")
             with lock:
                 key = engine.authenticate(token)
         except AccessDenied as e:
+            auth_failures.charge(addr, 1.0)
             raise ApiError(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}) from e
-        # a result page fetches many face crops: they cost a tenth of a request each
-        cost = 0.1 if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
-        wait = limiter.take(key["id"], cost)
+        p = Principal(key["id"], key["name"], key["role"])
+        # images are charged in their endpoints, by the pixels they decode
+        cost = IMAGE_REQUEST_COST if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
+        wait = limiter.take(p.user, cost)
         if wait:
-            raise ApiError(429, "rate_limited", "too many requests for this key",
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
-        return Principal(key["id"], key["name"], key["role"])
+            raise limited(wait, "too many requests for this user")
+        return p
+
+    def charge(p: Principal, *, pixels: int = 0, faces: int = 0, upfront: bool = True) -> None:
+        """Charge a user for decoding `pixels` and returning `faces`: up front (429 before the work) or after."""
+        cost = pixels / PIXELS_PER_UNIT + faces / FACES_PER_UNIT
+        if cost <= 0:
+            return
+        if not upfront:
+            limiter.charge(p.user, cost)
+            return
+        wait = limiter.take(p.user, cost)
+        if wait:
+            raise limited(wait, "too many requests for this user (large images cost more)")
+
+    def upload_pixels(data: bytes) -> int:
+        """Pixels an upload will decode, from its header alone (0 when unreadable: decoding will say why)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return int(img.width) * int(img.height)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return 0
+
+    def why(purpose: Annotated[str | None, Query(max_length=200, description="why (an allowed purpose); "
+                                                 "reads that reveal faces are audited")] = None,
+            case: Annotated[str | None, Query(max_length=100, description="the case reference")] = None
+            ) -> tuple[str | None, str | None]:
+        """Purpose and case of a read that reveals faces (people, crops, photos), checked like a search's."""
+        engine.policy.check_purpose(purpose, case)
+        return (purpose.strip() if purpose else None), (case.strip() if case else None)
+
+    Why = Annotated[tuple[str | None, str | None], Depends(why)]
 
     Who = Annotated[Principal, Depends(principal)]
 
@@ -285,6 +357,7 @@ def create_app(settings: Settings) -> FastAPI:
         data = await read_image(image)
         fi = as_(p)
         fi.allow_any("search", "privacy")
+        charge(p, pixels=upload_pixels(data))
         with lock:
             return [face_out(f) for f in fi.faces(data)]
 
@@ -296,6 +369,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Candidate leads for the faces of a probe photo (or one face of it). Audited; the probe is not kept."""
         data = await read_image(probe)
         fi = as_(p)
+        fi.allow_any("search")
+        charge(p, pixels=upload_pixels(data))
         with lock:
             results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None,
                                 face=face)
@@ -319,6 +394,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
                      purpose: Annotated[str, Form()], case: Annotated[str, Form()]) -> S.VerifyOut:
         da, db = await read_image(a), await read_image(b)
+        as_(p).allow_any("verify")
+        charge(p, pixels=upload_pixels(da) + upload_pixels(db))
         with lock:
             v = as_(p).verify(da, db, purpose=purpose, case=case)
         return S.VerifyOut(similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
@@ -337,21 +414,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
-    def face_crop(p: Who, face_id: int, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+    def face_crop(p: Who, face_id: int, why: Why, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+        """A face's crop (JPEG). Audited: needs a purpose and a case; charged by the pixels of its photo."""
         fi = as_(p)
         fi.allow_any("search", "people", "privacy")
         with lock:
-            data = fi.face_crop(face_id, size=size)
+            pixels = engine.catalog.face_pixels(face_id)
+        charge(p, pixels=pixels)
+        with lock:
+            data = fi.face_crop(face_id, size=size, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/v1/faces/{face_id}/image", tags=["faces"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
-    def face_image(p: Who, face_id: int) -> Response:
-        """The face's source image with the face outlined."""
+    def face_image(p: Who, face_id: int, why: Why) -> Response:
+        """The face's source image with the face outlined. Audited: needs a purpose and a case; charged by its
+        pixels."""
         fi = as_(p)
         fi.allow_any("search", "people", "privacy")
         with lock:
-            data = fi.face_in_image(face_id)
+            pixels = engine.catalog.face_pixels(face_id)
+        charge(p, pixels=pixels)
+        with lock:
+            data = fi.face_in_image(face_id, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.delete("/v1/faces/{face_id}", status_code=204, tags=["faces"])
@@ -366,30 +451,39 @@ def create_app(settings: Settings) -> FastAPI:
                            sample_face_ids=list(x.sample_face_ids))
 
     @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
-    def people(p: Who, min_faces: Annotated[int, Query(ge=1)] = 2,
+    def people(p: Who, why: Why, min_faces: Annotated[int, Query(ge=1)] = 2,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[S.PersonOut]:
+        """People by size (audited: needs a purpose and a case)."""
         with lock:
-            return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces)[:limit]]
+            found = as_(p).people(limit=None, min_faces=min_faces, purpose=why[0], case=why[1])[:limit]
+        charge(p, faces=sum(len(x.sample_face_ids) for x in found), upfront=False)
+        return [person_out(x) for x in found]
 
     @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
-    def cluster(p: Who) -> list[S.PersonOut]:
+    def cluster(p: Who, why: Why) -> list[S.PersonOut]:
+        """Group the faces into people again (audited: needs a purpose and a case)."""
         with lock:
-            return [person_out(x) for x in as_(p).cluster()[:100]]
+            found = as_(p).cluster(purpose=why[0], case=why[1])[:100]
+        charge(p, faces=sum(x.face_count for x in found), upfront=False)
+        return [person_out(x) for x in found]
 
     @app.get("/v1/people/{person_id}", response_model=S.PersonDetail, tags=["people"])
-    def person(p: Who, person_id: int) -> S.PersonDetail:
+    def person(p: Who, person_id: int, why: Why) -> S.PersonDetail:
+        """A person and their faces (audited: needs a purpose and a case)."""
         with lock:
-            x, faces = as_(p).person(person_id)
+            x, faces = as_(p).person(person_id, purpose=why[0], case=why[1])
+        charge(p, faces=len(faces), upfront=False)
         return S.PersonDetail(**person_out(x).model_dump(), face_list=[
             S.PersonFace(face_id=f.id, path=Path(f.path).name, source=f.source, box=f.box.as_list(),
                          quality=round(f.quality, 3)) for f in faces])
 
     @app.put("/v1/people/{person_id}/name", response_model=S.PersonOut, tags=["people"])
-    def name(p: Who, person_id: int, body: S.NameIn) -> S.PersonOut:
+    def name(p: Who, person_id: int, body: S.NameIn, why: Why) -> S.PersonOut:
+        """Name a person (audited: needs a purpose and a case)."""
         with lock:
             fi = as_(p)
-            fi.name_person(person_id, body.name)
-            return person_out(fi.person(person_id)[0])
+            fi.name_person(person_id, body.name, purpose=why[0], case=why[1])
+            return person_out(fi.person(person_id, audit=False)[0])
 
     @app.post("/v1/people/merge", response_model=S.PersonOut, tags=["people"])
     def merge(p: Who, body: S.MergeIn) -> S.PersonOut:
@@ -455,6 +549,7 @@ def create_app(settings: Settings) -> FastAPI:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
         folder = settings.resolved_data() / "uploads" / (_slug(source) or "source") / stamp
         blobs = [(await read_image(f), f.filename or "upload") for f in files]
+        charge(p, pixels=sum(upload_pixels(b) for b, _ in blobs))
         folder.mkdir(parents=True, exist_ok=True)
         for i, (data, fname) in enumerate(blobs):
             name = _slug(Path(fname).name)[:80] or "image"
@@ -488,6 +583,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def optout_add(p: Who, photos: Annotated[list[UploadFile], File()],
                          reference: Annotated[str, Form()]) -> dict:
         blobs = [await read_image(f) for f in photos]
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
         with lock:
             return as_(p).optout_add(blobs, reference)
 
@@ -504,24 +601,31 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/access", tags=["privacy"])
     async def access(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()],
+                     purpose: Annotated[str | None, Form(description='must be "data-subject-request"')] = None,
                      format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+        """A subject access report for a data-subject request (purpose "data-subject-request", its reference):
+        the faces held that match the person, with source, legal basis and file name. Audited."""
         blobs = [await read_image(f) for f in photos]
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
         with lock:
             fi = as_(p)
-            report = fi.access(blobs, reference)
+            report = fi.access(blobs, reference, purpose=purpose)
             if format == "html":
                 from ..report import access_html
 
                 thumbs = {}
                 for f in report["faces"]:
                     with contextlib.suppress(FaceIndexError):
-                        thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96)
+                        thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
                 return HTMLResponse(access_html(report, thumbs))
         return report
 
     @app.post("/v1/erase", tags=["privacy"])
     async def erase(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()]) -> dict:
         blobs = [await read_image(f) for f in photos]
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
         with lock:
             return as_(p).erase(blobs, reference)
 

@@ -58,8 +58,8 @@ class Site:
 
 
 # (key name, role): alice has two investigator keys, to check that they share one budget
-KEYS = [("alice", "investigator"), ("alice-2", "investigator"), ("bob", "investigator"), ("root", "admin"),
-        ("audra", "auditor"), ("dana", "privacy-officer")]
+KEYS = [("alice", "investigator"), ("alice-2", "investigator"), ("bob", "investigator"), ("carol", "investigator"),
+        ("root", "admin"), ("audra", "auditor"), ("dana", "privacy-officer")]
 
 
 def build_site(base: Path) -> Site:
