@@ -148,6 +148,7 @@ class KeyOut(BaseModel):
     role: str
     prefix: str
     created_at: str
+    created_by: str
     revoked_at: str | None
 
 
