@@ -521,6 +521,11 @@ class Catalog:
             if self.db.execute("DELETE FROM optouts WHERE reference=?", (reference,)).rowcount == 0:
                 raise NotFoundError(f"no opt-out with reference {reference!r}")
 
+    def optout_generation(self) -> tuple[int, int]:
+        """Changes whenever an opt-out is added or removed (count, highest id): cheap to poll per batch."""
+        row = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM optouts").fetchone()
+        return int(row[0]), int(row[1])
+
     def optout_templates(self, dim: int = 128) -> np.ndarray:
         blobs = [r[0] for r in self.db.execute("SELECT templates FROM optouts")]
         if not blobs:

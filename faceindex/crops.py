@@ -13,6 +13,7 @@ from .errors import ImageError, NotFoundError
 from .types import Box
 
 if TYPE_CHECKING:
+    from .catalog import FaceRecord
     from .engine import FaceIndex
 
 
@@ -20,7 +21,7 @@ def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3,
               case: str | None = None, audit: bool = True) -> bytes:
     """A JPEG crop of a stored face, read from its source file. Audited ("face.crop" with the purpose and case),
     unless `audit` is False for a caller whose own record names the face (a subject access report's thumbnails)."""
-    rec = fi.catalog.face_record(face_id)
+    rec = _servable(fi, face_id)
     try:
         pixels = search.load(fi, rec.path).pixels
     except ImageError as e:
@@ -34,7 +35,7 @@ def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3,
 def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose: str | None = None,
                   case: str | None = None) -> bytes:
     """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG). Audited."""
-    rec = fi.catalog.face_record(face_id)
+    rec = _servable(fi, face_id)
     try:
         pixels = search.load(fi, rec.path).pixels
     except ImageError as e:
@@ -49,6 +50,16 @@ def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+def _servable(fi: FaceIndex, face_id: int) -> FaceRecord:
+    """The face's record; NotFoundError, as for a face that does not exist, when it matches an opt-out."""
+    from .privacy import opted_out
+
+    rec = fi.catalog.face_record(face_id)
+    if opted_out(fi, [face_id]):
+        raise NotFoundError(f"no face {face_id}")
+    return rec
 
 
 def crop_jpeg(pixels: np.ndarray, box: Box, size: int = 160, margin: float = 0.3) -> bytes:

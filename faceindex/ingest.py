@@ -44,6 +44,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
         raise PolicyError(f"source {source!r} has no legal basis; register it with "
                           f"`faceindex source add {source} --basis ...`")
     _ = fi.index  # load (and repair) before we change anything
+    optout_gen = fi.catalog.optout_generation()
     optouts = fi.catalog.optout_templates(fi.spec.dim)
     optout_threshold = privacy.optout_threshold(fi)
 
@@ -103,7 +104,13 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     last_flush = last_checkpoint = time.monotonic()
 
     def flush() -> None:
+        nonlocal optouts, optout_gen
         with fi.catalog.transaction():
+            # An opt-out (or erasure) registered while this job runs reaches the very next batch: re-read the
+            # templates inside the write transaction, where no opt-out can commit behind our back.
+            gen = fi.catalog.optout_generation()
+            if gen != optout_gen:
+                optouts, optout_gen = fi.catalog.optout_templates(fi.spec.dim), gen
             added_ids, added_vecs, removed_all = [], [], []
             for r in pending:
                 size, mtime = stat_of[r.path]

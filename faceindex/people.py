@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import cluster as clustering
+from . import privacy
 from .errors import PolicyError
 from .text import check_text
 from .types import Person
@@ -50,9 +51,11 @@ def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1, *, purpo
     fi._allow("people")
     out = []
     samples = fi.catalog.sample_faces()
+    hidden = privacy.opted_out(fi, [f for s in samples.values() for f in s])
     for pid, name, n_faces, n_images in fi.catalog.people(limit):
         if n_faces >= min_faces:
-            out.append(Person(pid, name, n_faces, n_images, tuple(samples.get(pid, ()))))
+            shown = tuple(f for f in samples.get(pid, ()) if f not in hidden)
+            out.append(Person(pid, name, n_faces, n_images, shown))
     if audit:
         fi._record("people.list", purpose, case, {"people": [p.id for p in out], "min_faces": min_faces})
     return out
@@ -63,6 +66,8 @@ def person(fi: FaceIndex, person_id: int, *, purpose: str | None = None, case: s
     """A person and their faces. Audited (the face ids shown)."""
     fi._allow("people")
     name, faces = fi.catalog.person(person_id)
+    hidden = privacy.opted_out(fi, [f.id for f in faces])
+    faces = [f for f in faces if f.id not in hidden]
     if audit:
         fi._record("people.show", purpose, case, {"person_id": person_id, "face_ids": [f.id for f in faces]})
     return Person(person_id, name, len(faces), len({f.image_id for f in faces}),

@@ -213,6 +213,18 @@ def delete_face(fi: FaceIndex, face_id: int) -> None:
     fi._record("delete", details={"face_ids": [face_id], "gallery": fi._gallery_state()})
 
 
+def opted_out(fi: FaceIndex, face_ids: list[int]) -> set[int]:
+    """Which of `face_ids` match a registered opt-out (faces that escaped one: a restored backup, a face indexed
+    before the opt-out by another process). Every endpoint that returns faces filters them out."""
+    templates = fi.catalog.optout_templates(fi.spec.dim)
+    if not len(templates) or not face_ids:
+        return set()
+    out: set[int] = set()
+    for ids, vecs in fi.catalog.embeddings(face_ids, dim=fi.spec.dim):
+        out |= set(ids[search.matches_any(vecs, templates, optout_threshold(fi))].tolist())
+    return out
+
+
 def check_reference(ref: str) -> str:
     """A request reference, usable as a file name (no path separators or traversal)."""
     ref = (ref or "").strip()
