@@ -419,6 +419,11 @@ class Catalog:
                 out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         return out
 
+    def image_sha256(self, image_id: int) -> str | None:
+        """The content hash an image was indexed with."""
+        row = self.db.execute("SELECT sha256 FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
+
     def face_pixels(self, face_id: int) -> int:
         """Pixels of the image a face is in (what serving its crop decodes); 0 for an unknown face."""
         row = self.db.execute("SELECT i.width * i.height FROM faces f JOIN images i ON i.id = f.image_id "

@@ -748,7 +748,10 @@ def serve(
     settings = state.settings
     if ingest_root:
         settings = settings.model_copy(update={"ingest_roots": [p.resolve() for p in ingest_root]})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    # Slow clients cannot hold connections for ever: idle keep-alives close after 5 s and connections beyond
+    # max_connections get 503. Header and body read timeouts belong to a reverse proxy (docs/security.md).
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+                timeout_keep_alive=5, limit_concurrency=settings.max_connections)
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     rate_limit: int = Field(
         default=120, ge=1, description="work units per minute per user (server): a request is 1, each 2 megapixels "
                                        "decoded 1 more, each 100 faces returned 1 more; a user's keys share it")
+    max_pending: int = Field(
+        default=8, ge=1, description="engine requests (searches, uploads) running or waiting at once before 503")
+    max_connections: int = Field(default=200, ge=1, description="open connections before 503 (server)")
+    api_docs: bool = Field(
+        default=False, description="serve the interactive API docs at /docs (its page loads scripts from a CDN)")
     auth_failure_limit: int = Field(
         default=30, ge=1, description="failed authentications per minute per client address before 429 (server)")
     ingest_roots: list[Path] = Field(

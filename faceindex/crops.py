@@ -22,10 +22,7 @@ def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3,
     """A JPEG crop of a stored face, read from its source file. Audited ("face.crop" with the purpose and case),
     unless `audit` is False for a caller whose own record names the face (a subject access report's thumbnails)."""
     rec = _servable(fi, face_id)
-    try:
-        pixels = search.load(fi, rec.path).pixels
-    except ImageError as e:
-        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+    pixels = _read_source(fi, face_id, rec)
     data = crop_jpeg(pixels, rec.box, size, margin)
     if audit:
         fi._record("face.crop", purpose, case, {"face_ids": [face_id], "size": size})
@@ -36,10 +33,7 @@ def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose:
                   case: str | None = None) -> bytes:
     """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG). Audited."""
     rec = _servable(fi, face_id)
-    try:
-        pixels = search.load(fi, rec.path).pixels
-    except ImageError as e:
-        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+    pixels = _read_source(fi, face_id, rec)
     fi._record("face.image", purpose, case, {"face_ids": [face_id], "image_id": rec.image_id})
     img = Image.fromarray(pixels)
     scale = min(1.0, max_side / max(img.size))
@@ -50,6 +44,18 @@ def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+def _read_source(fi: FaceIndex, face_id: int, rec: FaceRecord) -> np.ndarray:
+    """The pixels of the face's source file, only if it still holds the content that was indexed: a file swapped
+    since (for a link to a file outside the ingest roots, say) is never served."""
+    try:
+        loaded = search.load(fi, rec.path)
+    except ImageError as e:
+        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+    if loaded.sha256 != fi.catalog.image_sha256(rec.image_id):
+        raise NotFoundError(f"the source image of face {face_id} has changed since it was indexed")
+    return loaded.pixels
 
 
 def _servable(fi: FaceIndex, face_id: int) -> FaceRecord:

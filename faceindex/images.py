@@ -51,6 +51,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# A 1 x 60,000,000 "image" is within any pixel budget but is no photo, and decoding it costs seconds and gigabytes.
+MAX_ASPECT = 25
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode image bytes to an EXIF-rotated RGB uint8 array, or raise ImageError saying why."""
     if not data:
@@ -64,6 +68,8 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageError("image has no pixels")
             if w * h > max_pixels:
                 raise ImageError(f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                raise ImageError(f"image is {w}x{h}: an aspect ratio over {MAX_ASPECT}:1 is refused (not a photo)")
             img.load()  # first frame only for GIF / multi-page TIFF
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)

@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -46,6 +47,16 @@ from ..errors import (
 )
 from ..text import identity_key
 from . import schemas as S
+from .guard import (
+    FACES_PER_UNIT,
+    IMAGE_REQUEST_COST,
+    PIXELS_PER_UNIT,
+    WEB_HEADERS,
+    BodyLimit,
+    Busy,
+    RateLimiter,
+    WorkQueue,
+)
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
@@ -104,52 +115,6 @@ class Principal:
         return ("user", identity_key(self.name))
 
 
-# Work units: a request costs 1; decoding pixels and returning faces cost more, so that one expensive request
-# (a 60-megapixel photo) is charged like the many cheap ones it is worth.
-PIXELS_PER_UNIT = 2_000_000
-FACES_PER_UNIT = 100
-IMAGE_REQUEST_COST = 0.1  # a crop of a small photo: a result page fetches dozens
-
-
-class RateLimiter:
-    """A token bucket per key (a user, a client address): `per_minute` work units, refilled continuously."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[object, tuple[float, float]] = {}
-        self.lock = threading.Lock()
-
-    def _level(self, key: object, now: float) -> float:
-        tokens, last = self.buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - last) * self.rate)
-
-    def take(self, key: object, cost: float = 1.0) -> float:
-        """0 when allowed (and charged), else seconds until it would be. A cost above the bucket's capacity is
-        charged as the capacity: it needs a full bucket."""
-        cost = min(cost, self.capacity)
-        now = time.monotonic()
-        with self.lock:
-            tokens = self._level(key, now)
-            if tokens >= cost:
-                self.buckets[key] = (tokens - cost, now)
-                return 0.0
-            self.buckets[key] = (tokens, now)
-            return (cost - tokens) / self.rate
-
-    def charge(self, key: object, cost: float) -> None:
-        """Charge work found out after it was done (faces returned); the bucket may go into debt."""
-        now = time.monotonic()
-        with self.lock:
-            self.buckets[key] = (max(-self.capacity, self._level(key, now) - cost), now)
-
-    def wait(self, key: object, need: float = 1.0) -> float:
-        """Seconds until the bucket holds `need` units (0 when it does), without charging anything."""
-        with self.lock:
-            tokens = self._level(key, time.monotonic())
-        return 0.0 if tokens >= need else (need - tokens) / self.rate
-
-
 @dataclass
 class Job:
     id: str
@@ -174,6 +139,11 @@ def create_app(settings: Settings) -> FastAPI:
     engine = FaceIndex(settings)
     lock = threading.RLock()  # the engine's catalog connection and index are used by one request at a time
     limiter = RateLimiter(settings.rate_limit)
+    work = WorkQueue(settings.max_pending)  # engine work of async endpoints: in threads, bounded, 503 beyond
+
+    def locked(fn: Callable, *args, **kwargs):
+        with lock:
+            return fn(*args, **kwargs)
     auth_failures = RateLimiter(settings.auth_failure_limit)  # per client address
     jobs: dict[str, Job] = {}
     registry = CollectorRegistry()
@@ -185,7 +155,9 @@ def create_app(settings: Settings) -> FastAPI:
     m_searches = Counter("faceindex_searches", "searches served", registry=registry)
 
     app = FastAPI(title="faceindex", version=__version__,
-                  description="Accountable face search. " + NOTICE, docs_url="/docs", redoc_url=None,
+                  description="Accountable face search. " + NOTICE,
+                  # the interactive docs page loads its scripts from a CDN: off unless asked for
+                  docs_url="/docs" if settings.api_docs else None, redoc_url=None,
                   responses=ERROR_RESPONSES)
     bearer = HTTPBearer(auto_error=False, description="API key from `faceindex keys create`")
 
@@ -193,6 +165,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, e: ApiError):
         return _error(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(Busy)
+    async def _busy(_r: Request, _e: Busy):
+        return _error(503, "busy", "the server is busy; retry shortly", {"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, e: RequestValidationError):
@@ -229,38 +205,51 @@ def create_app(settings: Settings) -> FastAPI:
         t = time.perf_counter()
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
-            if length is None and "multipart" in request.headers.get("content-type", ""):
+            if length is None and "multipart" in request.headers.get("content-type", "").lower():
                 return _error(411, "length_required", "uploads need a Content-Length")
             if length is not None and (not length.isdigit() or int(length) > max_body):
                 return _error(413, "too_large", f"request larger than {max_body} bytes")
+            if request.url.path.startswith("/v1/"):
+                try:  # from the headers alone, before a byte of the body is read
+                    await run_in_threadpool(authenticate, request)
+                except ApiError as e:
+                    return _error(e.status, e.code, e.message, e.headers)
         response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "static")
         m_requests.labels(request.method, name, str(response.status_code)).inc()
         m_latency.labels(name).observe(time.perf_counter() - t)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        for header, value in WEB_HEADERS.items():
+            response.headers.setdefault(header, value)
         return response
+
+    app.add_middleware(BodyLimit, max_body=max_body)  # outside _guard: counts every body as it streams in
 
     # --- auth ------------------------------------------------------------------------------------------------
     def limited(wait: float, what: str) -> ApiError:
         return ApiError(429, "rate_limited", what, {"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def principal(request: Request,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
+    def authenticate(request: Request) -> dict:
+        """The key of a request's Authorization (Bearer) or X-API-Key header; 401, or 429 while this client
+        address has failed too often (failures are counted per address)."""
         addr = ("addr", request.client.host if request.client else "?")
         wait = auth_failures.wait(addr)
         if wait:  # guessing keys from this address: stop answering until the budget refills
             raise limited(wait, "too many failed authentications from this address")
-        token = creds.credentials if creds else request.headers.get("x-api-key", "")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
         try:
             if not token:
                 raise AccessDenied("an API key is required")
             with lock:
-                key = engine.authenticate(token)
+                return engine.authenticate(token)
         except AccessDenied as e:
             auth_failures.charge(addr, 1.0)
             raise ApiError(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}) from e
+
+    def principal(request: Request,
+                  _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
+        key = authenticate(request)
         p = Principal(key["id"], key["name"], key["role"])
         # images are charged in their endpoints, by the pixels they decode
         cost = IMAGE_REQUEST_COST if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
@@ -320,10 +309,17 @@ def create_app(settings: Settings) -> FastAPI:
         return data
 
     # --- health, metrics, stats ------------------------------------------------------------------------------
+    health = {"faces": 0}
+
     @app.get("/healthz", response_model=S.Health, tags=["system"])
-    def healthz() -> S.Health:
-        with lock:
-            return S.Health(status="ok", faces=engine.catalog.face_count())
+    async def healthz() -> S.Health:
+        """Instant, even while the engine is busy: the face count is refreshed only when the engine is free."""
+        if lock.acquire(blocking=False):
+            try:
+                health["faces"] = engine.catalog.face_count()
+            finally:
+                lock.release()
+        return S.Health(status="ok", faces=health["faces"])
 
     @app.get("/metrics", tags=["system"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})
@@ -358,8 +354,7 @@ def create_app(settings: Settings) -> FastAPI:
         fi = as_(p)
         fi.allow_any("search", "privacy")
         charge(p, pixels=upload_pixels(data))
-        with lock:
-            return [face_out(f) for f in fi.faces(data)]
+        return [face_out(f) for f in await work.run(locked, fi.faces, data)]
 
     @app.post("/v1/search", response_model=S.SearchOut, tags=["search"])
     async def search(p: Who, probe: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
@@ -371,10 +366,12 @@ def create_app(settings: Settings) -> FastAPI:
         fi = as_(p)
         fi.allow_any("search")
         charge(p, pixels=upload_pixels(data))
-        with lock:
-            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None,
-                                face=face)
-            confirmed = fi.confirmations(case) if _safe_ref(case) else {}
+
+        def run() -> tuple:
+            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None, face=face)
+            return results, (fi.confirmations(case) if _safe_ref(case) else {})
+
+        results, confirmed = await work.run(locked, run)
         m_searches.inc()
         out = []
         for r in results:
@@ -396,8 +393,7 @@ def create_app(settings: Settings) -> FastAPI:
         da, db = await read_image(a), await read_image(b)
         as_(p).allow_any("verify")
         charge(p, pixels=upload_pixels(da) + upload_pixels(db))
-        with lock:
-            v = as_(p).verify(da, db, purpose=purpose, case=case)
+        v = await work.run(locked, as_(p).verify, da, db, purpose=purpose, case=case)
         return S.VerifyOut(similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
                            same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
 
@@ -585,8 +581,7 @@ def create_app(settings: Settings) -> FastAPI:
         blobs = [await read_image(f) for f in photos]
         as_(p).allow_any("privacy")
         charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        with lock:
-            return as_(p).optout_add(blobs, reference)
+        return await work.run(locked, as_(p).optout_add, blobs, reference)
 
     @app.get("/v1/optouts", tags=["privacy"])
     def optouts(p: Who) -> list[dict]:
@@ -608,26 +603,28 @@ def create_app(settings: Settings) -> FastAPI:
         blobs = [await read_image(f) for f in photos]
         as_(p).allow_any("privacy")
         charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        with lock:
-            fi = as_(p)
-            report = fi.access(blobs, reference, purpose=purpose)
-            if format == "html":
-                from ..report import access_html
+        fi = as_(p)
 
-                thumbs = {}
-                for f in report["faces"]:
-                    with contextlib.suppress(FaceIndexError):
-                        thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
-                return HTMLResponse(access_html(report, thumbs))
-        return report
+        def run() -> dict | HTMLResponse:
+            report = fi.access(blobs, reference, purpose=purpose)
+            if format != "html":
+                return report
+            from ..report import access_html
+
+            thumbs = {}
+            for f in report["faces"]:
+                with contextlib.suppress(FaceIndexError):
+                    thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
+            return HTMLResponse(access_html(report, thumbs))
+
+        return await work.run(locked, run)
 
     @app.post("/v1/erase", tags=["privacy"])
     async def erase(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()]) -> dict:
         blobs = [await read_image(f) for f in photos]
         as_(p).allow_any("privacy")
         charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        with lock:
-            return as_(p).erase(blobs, reference)
+        return await work.run(locked, as_(p).erase, blobs, reference)
 
     # --- audit and keys ----------------------------------------------------------------------------------------
     @app.get("/v1/audit", tags=["audit"])

@@ -54,6 +54,7 @@ class Site:
     tokens: dict[str, str]  # key name -> token
     key_ids: dict[str, int]
     face_ids: dict[str, list[int]]  # person -> face ids
+    face_paths: dict[int, Path]  # face id -> the file it was indexed from
     servers: list[Server] = field(default_factory=list)
 
 
@@ -80,7 +81,7 @@ def build_site(base: Path) -> Site:
             ids[name], tokens[name] = fi.create_key(name.split("-")[0] if name == "alice-2" else name, role)
         recs = fi.catalog.face_records(fi.catalog.face_ids().tolist())
         faces = {p: sorted(i for i, r in recs.items() if Path(r.path).name.startswith(p)) for p in PEOPLE}
-    return Site(data, gallery, tokens, ids, faces)
+    return Site(data, gallery, tokens, ids, faces, {i: Path(r.path) for i, r in recs.items()})
 
 
 def free_port() -> int:
