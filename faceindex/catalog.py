@@ -419,6 +419,14 @@ class Catalog:
                 out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         return out
 
+    def image_files(self, image_ids: list[int]) -> list[str]:
+        """Every file path that holds one of these images."""
+        out: list[str] = []
+        for chunk in _chunks(list(image_ids), 900):
+            out += [r[0] for r in self.db.execute(
+                f"SELECT path FROM files WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)]
+        return out
+
     def image_sha256(self, image_id: int) -> str | None:
         """The content hash an image was indexed with."""
         row = self.db.execute("SELECT sha256 FROM images WHERE id = ?", (image_id,)).fetchone()

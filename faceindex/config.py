@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     rate_limit: int = Field(
         default=120, ge=1, description="work units per minute per user (server): a request is 1, each 2 megapixels "
                                        "decoded 1 more, each 100 faces returned 1 more; a user's keys share it")
+    keep_uploads: bool = Field(
+        default=False, description="keep photos uploaded to the server in <data>/uploads after they are indexed "
+                                   "(their crops and photos can then be shown); erase deletes a person's either way")
     max_pending: int = Field(
         default=8, ge=1, description="engine requests (searches, uploads) running or waiting at once before 503")
     max_connections: int = Field(default=200, ge=1, description="open connections before 503 (server)")

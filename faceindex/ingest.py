@@ -56,7 +56,9 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     if within is not None:  # server-side ingest: nothing outside the allowed roots, symlinks included
         roots = [os.path.realpath(r) for r in within]
         inside = [f for f in files if _is_within(os.path.realpath(f), roots)]
-        report.errors += [FileError(str(f), "outside the allowed ingest roots") for f in files if f not in inside]
+        # Name only the link that leads outside (a file link, or a folder link once), never what lies behind it.
+        refused = sorted({_exit_point(Path(f), roots) for f in files if f not in inside})
+        report.errors += [FileError(p, "outside the allowed ingest roots: refused") for p in refused]
         files = inside
     report.files_seen = len(files)
     emit("scan", {"files": len(files)})
@@ -173,6 +175,15 @@ def remove(fi: FaceIndex, path: str | os.PathLike, source: str | None = None) ->
     fi._record("delete", details={"path": os.path.abspath(path), "source": source, **result,
                                     "face_ids": face_ids, "gallery": fi._gallery_state()})
     return result
+
+
+def _exit_point(path: Path, roots: list[str]) -> str:
+    """The outermost part of `path` whose real location is outside `roots` (the link that leads out)."""
+    for parent in reversed(path.parents):
+        if parent != parent.parent and not _is_within(os.path.realpath(parent), roots) and \
+                _is_within(os.path.realpath(parent.parent), roots):
+            return str(parent)
+    return str(path)
 
 
 def _is_within(path: str, roots: list[str]) -> bool:

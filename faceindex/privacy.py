@@ -50,19 +50,30 @@ def _matching_faces(fi: FaceIndex, templates: np.ndarray, threshold: float) -> d
     return best
 
 
-def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str) -> dict:
+def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str, *, _delete_uploads: bool = False) -> dict:
     """Register a person's opt-out: delete every matching face now, and block them from now on.
 
-    Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored).
+    Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored), with
+    advice when a single reference photo was given (it leaks more of the person's faces: docs/benchmarks.md).
     """
     fi._allow("privacy")
     reference = check_reference(reference)
     templates = _templates(fi, photos)
     matches = _matching_faces(fi, templates, optout_threshold(fi))
+    image_ids = {r.image_id for r in fi.catalog.face_records(sorted(matches)).values()}
+    uploads = _uploaded(fi, fi.catalog.image_files(sorted(image_ids))) if _delete_uploads else []
     images_affected = delete_faces(fi, sorted(matches))
     receipt = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
                "faces_removed": len(matches), "images_affected": images_affected,
                "threshold": round(optout_threshold(fi), 5), "threshold_fmr": fi.policy.optout_fmr}
+    if len(templates) < 2:
+        receipt["advice"] = ("one reference photo matched these faces; 2-3 photos (different days, angles) find "
+                             "more of the person's faces now and block more later")
+    if _delete_uploads:
+        for path in uploads:  # photos uploaded through the server are ours to delete; the owner's files are not
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        receipt["uploads_deleted"] = len(uploads)
     fi.catalog.add_optout(reference, fi.settings.actor, templates, receipt)
     fi._record("optout.add", case=reference, details={**receipt, "face_ids": sorted(matches),
                                                          "gallery": fi._gallery_state()})
@@ -131,7 +142,7 @@ def erase(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Path
     fi._allow("privacy")
     reference = check_reference(reference)
     report = access(fi, photos, reference, out_dir, purpose=SAR_PURPOSE, _action="erase.access")
-    receipt = optout_add(fi, photos, reference)
+    receipt = optout_add(fi, photos, reference, _delete_uploads=True)
     receipt["faces_listed"] = len(report["faces"])
     fi._record("erase", case=reference, details=receipt)
     return receipt
@@ -211,6 +222,12 @@ def delete_face(fi: FaceIndex, face_id: int) -> None:
     fi.catalog.face_record(face_id)
     delete_faces(fi, [face_id])
     fi._record("delete", details={"face_ids": [face_id], "gallery": fi._gallery_state()})
+
+
+def _uploaded(fi: FaceIndex, paths: list[str]) -> list[str]:
+    """The paths that are server uploads (under <data>/uploads), the only source files faceindex may delete."""
+    root = os.path.realpath(fi.data / "uploads")
+    return sorted({p for p in paths if os.path.commonpath([os.path.realpath(p), root]) == root})
 
 
 def opted_out(fi: FaceIndex, face_ids: list[int]) -> set[int]:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import uuid
@@ -552,7 +553,15 @@ def create_app(settings: Settings) -> FastAPI:
             if not UPLOAD_SUFFIX.search(name):  # the folder walk only picks up image suffixes; decoding goes by content
                 name += ".jpg"
             (folder / f"{i:05d}-{name}").write_bytes(data)
-        return start_job(p, "ingest", lambda fi, job: fi.add([folder], source, progress=progress_of(job)).as_dict())
+
+        def work(fi: FaceIndex, job: Job) -> dict:
+            try:
+                return fi.add([folder], source, progress=progress_of(job)).as_dict()
+            finally:  # indexed (or refused): the uploaded copies go, unless the operator keeps them on purpose
+                if not settings.keep_uploads:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+        return start_job(p, "ingest", work)
 
     @app.post("/v1/ingest/path", response_model=S.JobOut, status_code=202, tags=["ingest"])
     def ingest_path(p: Who, body: S.PathIngestIn) -> S.JobOut:
