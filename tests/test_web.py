@@ -357,7 +357,7 @@ def test_rate_limit_and_expired_key_messages(page, server):
     page.unroute("**/v1/people?*")
 
     gone = json.dumps({"error": {"code": "unauthorized", "message": "this API key has been revoked"}})
-    page.route("**/v1/people/cluster", lambda r: r.fulfill(status=401, body=gone, content_type="application/json"))
+    page.route("**/v1/people/cluster?*", lambda r: r.fulfill(status=401, body=gone, content_type="application/json"))
     page.locator("#cluster-btn").click()
     expect(page.locator("#page-signin")).to_be_visible()
     expect(page.locator("#signin-error")).to_contain_text("revoked")
