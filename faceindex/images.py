@@ -27,8 +27,12 @@ class Loaded:
     size: int  # bytes
 
 
-def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """Read a regular file, refusing anything else with a clear ImageError."""
+def read_bytes(path: str | os.PathLike, max_bytes: int, within: list[str] | None = None) -> bytes:
+    """Read a regular file, refusing anything else with a clear ImageError.
+
+    With `within` (real paths of allowed folders), the file actually opened must lie inside one of them: its open
+    descriptor's real path is checked, so a file swapped for a link after an earlier check is refused.
+    """
     p = os.fspath(path)
     try:
         st = os.stat(p)  # follows symlinks: a loop or dangling link fails here
@@ -42,6 +46,10 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
         raise ImageError(f"file too large ({st.st_size} bytes > limit {max_bytes})")
     try:
         with open(p, "rb") as f:
+            if within is not None:
+                real = os.path.realpath(f"/proc/self/fd/{f.fileno()}")
+                if not any(os.path.commonpath([real, r]) == r for r in within):
+                    raise ImageError("outside the allowed ingest roots: refused")
             return f.read()
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from e

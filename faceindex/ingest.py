@@ -80,7 +80,8 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
             emit("file", {"path": path, "skipped": True})
             continue
         try:
-            data = images.read_bytes(path, fi.settings.max_file_bytes)
+            data = images.read_bytes(path, fi.settings.max_file_bytes,
+                                     [os.path.realpath(r) for r in within] if within is not None else None)
         except ImageError as e:
             report.errors.append(FileError(path, str(e)))
             emit("file", {"path": path, "error": True})
@@ -95,6 +96,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
             emit("file", {"path": path, "skipped": True})
             continue
         by_sha.setdefault(sha, []).append((path, st.st_size, st.st_mtime_ns))
+    checked_sha = {group[0][0]: sha for sha, group in by_sha.items()}
     for group in by_sha.values():
         todo.append(group[0])
     duplicates = {group[0][0]: group[1:] for group in by_sha.values() if len(group) > 1}
@@ -116,6 +118,12 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
             added_ids, added_vecs, removed_all = [], [], []
             for r in pending:
                 size, mtime = stat_of[r.path]
+                if within is not None and r.sha256 != checked_sha[r.path]:
+                    # what the analysis read is not what was checked to lie inside the roots: swapped meanwhile
+                    report.errors.append(FileError(r.path, "changed while being indexed: refused"))
+                    report.images_indexed -= 1
+                    report.faces_found -= len(r.faces)
+                    continue
                 faces = r.faces
                 if len(optouts) and faces:  # opted-out people are never indexed, whatever the source
                     blocked = matches_any(np.stack([f.embedding for f in faces]), optouts, optout_threshold)

@@ -51,3 +51,32 @@ def test_erase_deletes_the_persons_uploaded_photos(site) -> None:
         assert r.status_code == 200 and "2-3 photos" in r.json()["advice"], r.text
     finally:
         keep.stop()
+
+
+def test_a_file_swapped_for_a_link_during_a_rooted_ingest_is_refused(tmp_path) -> None:
+    import hashlib
+    import os
+    import shutil
+
+    from faceindex import FaceIndex
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(lfw(PEOPLE[0], 1), root / "a.jpg")
+    shutil.copy(lfw(PEOPLE[1], 1), root / "b.jpg")
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(lfw(PEOPLE[2], 1), outside)
+
+    def swap(event: str, _info: dict) -> None:
+        if event == "analyse":  # after the root check and the first read, before the analysis reads it again
+            (root / "a.jpg").unlink()
+            (root / "a.jpg").symlink_to(outside)
+
+    with FaceIndex.open(tmp_path / "data") as fi:
+        report = fi.add([root], "rooted", workers=1, progress=swap, within=[root])
+        shas = {fi.catalog.image_sha256(r.image_id)
+                for r in fi.catalog.face_records(fi.catalog.face_ids().tolist()).values()}
+    assert hashlib.sha256(outside.read_bytes()).hexdigest() not in shas
+    assert [(os.path.basename(e.path), e.reason) for e in report.errors] == [
+        ("a.jpg", "changed while being indexed: refused")]
+    assert report.images_indexed == 1
