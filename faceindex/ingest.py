@@ -140,6 +140,9 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
                     fi.catalog.put_file(source_id, dup_path, image_id, dsize, dmtime)
                     report.moved_or_copied += 1
         fi.vectors.apply(added_ids, added_vecs, removed_all)
+        # One record per committed batch: after a crash the log still says what the catalog holds.
+        fi._record("ingest.batch", details={"source": source, "images": len(pending), "face_ids": added_ids,
+                                            "generation": fi.catalog.generation})
         pending.clear()
 
     try:

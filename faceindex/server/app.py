@@ -13,12 +13,10 @@ import math
 import os
 import re
 import secrets
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +56,7 @@ from .guard import (
     RateLimiter,
     WorkQueue,
 )
+from .jobs import Jobs
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
@@ -116,25 +115,6 @@ class Principal:
         return ("user", identity_key(self.name))
 
 
-@dataclass
-class Job:
-    id: str
-    kind: str
-    state: str = "queued"
-    total: int | None = None
-    done: int = 0
-    faces: int = 0
-    errors: int = 0
-    result: dict | None = None
-    error: str | None = None
-    owner: int = 0
-    started: float = field(default_factory=time.time)
-
-    def out(self) -> S.JobOut:
-        return S.JobOut(id=self.id, kind=self.kind, state=self.state, total=self.total, done=self.done,
-                        faces=self.faces, errors=self.errors, result=self.result, error=self.error)
-
-
 def create_app(settings: Settings) -> FastAPI:
     """The faceindex API and web page over `settings.data`."""
     engine = FaceIndex(settings)
@@ -146,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
         with lock:
             return fn(*args, **kwargs)
     auth_failures = RateLimiter(settings.auth_failure_limit)  # per client address
-    jobs: dict[str, Job] = {}
+    jobs = Jobs(settings, engine, lock)  # in the catalog: a restart resumes what was queued or running
     registry = CollectorRegistry()
     m_requests = Counter("faceindex_http_requests", "HTTP requests", ["method", "route", "status"],
                          registry=registry)
@@ -506,37 +486,6 @@ def create_app(settings: Settings) -> FastAPI:
             s = as_(p).set_source(body.name, body.basis, body.retention_days, body.notice)
         return {k: v for k, v in s.items() if k != "id"}
 
-    def start_job(p: Principal, kind: str, work: Callable[[FaceIndex, Job], dict]) -> S.JobOut:
-        job = Job(id=uuid.uuid4().hex, kind=kind, owner=p.key_id)
-        jobs[job.id] = job
-
-        def run() -> None:
-            job.state = "running"
-            try:
-                with FaceIndex(settings) as own:  # its own catalog connection: searches keep being served
-                    job.result = work(own.acting_as(p.actor, p.role), job)
-                # files refused before analysis (outside the roots, unreadable folders) send no progress event
-                job.errors = max(job.errors, len(job.result.get("errors") or []))
-                job.state = "done"
-            except FaceIndexError as e:
-                job.state, job.error = "failed", str(e)
-            except Exception:
-                log.exception("job %s failed", job.id)
-                job.state, job.error = "failed", "internal error"
-
-        threading.Thread(target=run, name=f"job-{job.id[:8]}", daemon=True).start()
-        return job.out()
-
-    def progress_of(job: Job) -> Callable[[str, dict], None]:
-        def on(event: str, info: dict) -> None:
-            if event == "scan":
-                job.total = info["files"]
-            elif event == "file":
-                job.done += 1
-                job.faces += info.get("faces", 0)
-                job.errors += 1 if info.get("error") else 0
-        return on
-
     @app.post("/v1/ingest/upload", response_model=S.JobOut, status_code=202, tags=["ingest"])
     async def ingest_upload(p: Who, files: Annotated[list[UploadFile], File()],
                             source: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")]
@@ -553,15 +502,8 @@ def create_app(settings: Settings) -> FastAPI:
             if not UPLOAD_SUFFIX.search(name):  # the folder walk only picks up image suffixes; decoding goes by content
                 name += ".jpg"
             (folder / f"{i:05d}-{name}").write_bytes(data)
-
-        def work(fi: FaceIndex, job: Job) -> dict:
-            try:
-                return fi.add([folder], source, progress=progress_of(job)).as_dict()
-            finally:  # indexed (or refused): the uploaded copies go, unless the operator keeps them on purpose
-                if not settings.keep_uploads:
-                    shutil.rmtree(folder, ignore_errors=True)
-
-        return start_job(p, "ingest", work)
+        return jobs.start(p.key_id, {"paths": [str(folder)], "source": source, "uploads": str(folder),
+                                     "actor": p.actor, "role": p.role}).out()
 
     @app.post("/v1/ingest/path", response_model=S.JobOut, status_code=202, tags=["ingest"])
     def ingest_path(p: Who, body: S.PathIngestIn) -> S.JobOut:
@@ -573,8 +515,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(403, "path_not_allowed", "path is outside the allowed ingest roots")
         if not os.path.exists(real):
             raise ApiError(404, "not_found", "no such path")
-        return start_job(p, "ingest", lambda fi, job: fi.add(
-            [real], body.source, progress=progress_of(job), within=[Path(r) for r in roots]).as_dict())
+        return jobs.start(p.key_id, {"paths": [real], "source": body.source, "within": roots,
+                                     "actor": p.actor, "role": p.role}).out()
 
     @app.get("/v1/jobs/{job_id}", response_model=S.JobOut, tags=["ingest"])
     def job(p: Who, job_id: str) -> S.JobOut:
@@ -677,6 +619,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.state.engine = engine
     app.state.jobs = jobs
+    resumed = jobs.resume()
+    if resumed:
+        log.warning("resumed %d ingest job(s) interrupted by a restart", resumed)
     return app
 
 

@@ -93,13 +93,13 @@ def free_port() -> int:
 class Server:
     """`faceindex --data DIR serve` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, data: Path, log: Path, **settings: str) -> None:
+    def __init__(self, data: Path, log: Path, ingest_root: Path | None = None, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
         self.log_path = log
         cmd = [sys.executable, "-c", ENTRY, "--data", str(data), "serve", "--host", "127.0.0.1", "--port",
-               str(self.port)]
+               str(self.port), *(["--ingest-root", str(ingest_root)] if ingest_root else [])]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=clean_env(**settings))
         deadline = time.monotonic() + 90
         while True:
