@@ -58,7 +58,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
         inside = [f for f in files if _is_within(os.path.realpath(f), roots)]
         # Name only the link that leads outside (a file link, or a folder link once), never what lies behind it.
         refused = sorted({_exit_point(Path(f), roots) for f in files if f not in inside})
-        report.errors += [FileError(p, "outside the allowed ingest roots: refused") for p in refused]
+        report.errors += [FileError(p, "outside the allowed ingest roots") for p in refused]
         files = inside
     report.files_seen = len(files)
     emit("scan", {"files": len(files)})
