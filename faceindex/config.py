@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["auto", "exact", "hnsw", "ivf"] = Field(
         default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw above")
-    ef_search: int = Field(default=96, ge=8, le=4096,
+    ef_search: int = Field(default=192, ge=8, le=4096,
                            description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
