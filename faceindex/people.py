@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import cluster as clustering
+from . import privacy
 from .errors import PolicyError
+from .text import check_text
 from .types import Person
 
 if TYPE_CHECKING:
@@ -17,8 +19,8 @@ if TYPE_CHECKING:
 CLUSTER_FMR = 1e-4  # edges of the people graph: pairs at least this unlikely to be different people
 
 
-def cluster(fi: FaceIndex) -> list[Person]:
-    """Group all searchable faces into people; names given earlier stay with their people."""
+def cluster(fi: FaceIndex, *, purpose: str | None = None, case: str | None = None) -> list[Person]:
+    """Group all searchable faces into people; names given earlier stay with their people. Audited."""
     fi._allow("people")
     ids, image_ids = fi.catalog.face_image_ids()
     low = set(fi.catalog.low_quality_ids(fi.settings.min_quality).tolist())
@@ -36,32 +38,49 @@ def cluster(fi: FaceIndex) -> list[Person]:
     named = set(fi.catalog.person_names())
     mapping = clustering.carry_over(old, new_groups, named)
     fi.catalog.replace_people(list(zip(mapping, new_groups)))
-    return people(fi)
+    found = people(fi, audit=False)
+    fi._record("people.cluster", purpose, case, {"people": len(found), "faces": int(len(ids)),
+                                                  "gallery": fi._gallery_state()})
+    return found
 
 
-def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1) -> list[Person]:
-    """People by size, largest first."""
+def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1, *, purpose: str | None = None,
+           case: str | None = None, audit: bool = True) -> list[Person]:
+    """People by size, largest first. Audited (one record naming the people listed), unless `audit` is False for
+    a caller that records the listing itself."""
     fi._allow("people")
     out = []
     samples = fi.catalog.sample_faces()
+    hidden = privacy.opted_out(fi, [f for s in samples.values() for f in s])
     for pid, name, n_faces, n_images in fi.catalog.people(limit):
         if n_faces >= min_faces:
-            out.append(Person(pid, name, n_faces, n_images, tuple(samples.get(pid, ()))))
+            shown = tuple(f for f in samples.get(pid, ()) if f not in hidden)
+            out.append(Person(pid, name, n_faces, n_images, shown))
+    if audit:
+        fi._record("people.list", purpose, case, {"people": [p.id for p in out], "min_faces": min_faces})
     return out
 
 
-def person(fi: FaceIndex, person_id: int) -> tuple[Person, list[FaceRecord]]:
+def person(fi: FaceIndex, person_id: int, *, purpose: str | None = None, case: str | None = None,
+           audit: bool = True) -> tuple[Person, list[FaceRecord]]:
+    """A person and their faces. Audited (the face ids shown)."""
     fi._allow("people")
     name, faces = fi.catalog.person(person_id)
+    hidden = privacy.opted_out(fi, [f.id for f in faces])
+    faces = [f for f in faces if f.id not in hidden]
+    if audit:
+        fi._record("people.show", purpose, case, {"person_id": person_id, "face_ids": [f.id for f in faces]})
     return Person(person_id, name, len(faces), len({f.image_id for f in faces}),
                   tuple(f.id for f in faces[:8])), faces
 
 
-def name_person(fi: FaceIndex, person_id: int, name: str | None) -> None:
+def name_person(fi: FaceIndex, person_id: int, name: str | None, *, purpose: str | None = None,
+                case: str | None = None) -> None:
+    """Name a person (None removes the name). Audited."""
     fi._allow("people")
-    if name is not None and not name.strip():
-        raise ValueError("a name must not be empty")
-    fi.catalog.name_person(person_id, name.strip() if name else None)
+    name = check_text(name, "a person's name", optional=True)
+    fi.catalog.name_person(person_id, name)
+    fi._record("people.name", purpose, case, {"person_id": person_id, "name": name})
 
 
 def merge_people(fi: FaceIndex, person_ids: list[int]) -> Person:
@@ -87,7 +106,7 @@ def merge_people(fi: FaceIndex, person_ids: list[int]) -> Person:
         if name:
             fi.catalog.name_person(target, name)
     fi._record("people.merge", details={"into": target, "merged": ids[1:]})
-    return fi.person(target)[0]
+    return fi.person(target, audit=False)[0]
 
 
 def split_person(fi: FaceIndex, person_id: int, face_ids: list[int]) -> Person:
@@ -102,4 +121,4 @@ def split_person(fi: FaceIndex, person_id: int, face_ids: list[int]) -> Person:
         raise ValueError("a split must leave at least one face with the person")
     new = fi.catalog.move_faces(list(dict.fromkeys(face_ids)))
     fi._record("people.split", details={"from": person_id, "to": new, "face_ids": face_ids})
-    return fi.person(new)[0]
+    return fi.person(new, audit=False)[0]
