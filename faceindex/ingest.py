@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import images, privacy
-from .errors import ImageError, PolicyError
+from .errors import ImageError, ModelError, PolicyError
 from .pipeline import FileFailure, ImageResult, analyse_files
 from .search import matches_any
 from .text import check_text
@@ -112,6 +112,9 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
         with fi.catalog.transaction():
             # An opt-out (or erasure) registered while this job runs reaches the very next batch: re-read the
             # templates inside the write transaction, where no opt-out can commit behind our back.
+            if fi.catalog.get_meta("model") != fi.pack.key:  # a reindex swapped the model while we embedded
+                raise ModelError(f"this index was moved to model {fi.catalog.get_meta('model')} while this ingest ran "
+                                 f"with {fi.pack.key}; nothing of this batch was kept: run add again")
             gen = fi.catalog.optout_generation()
             if gen != optout_gen:
                 optouts, optout_gen = fi.catalog.optout_templates(fi.spec.dim), gen

@@ -237,4 +237,6 @@ def renew_optout(cat, reference: str, templates: np.ndarray) -> None:
     """Put templates back in force for an opt-out a reindex left without any for the index's model."""
     t = np.ascontiguousarray(templates, dtype=np.float32)
     with cat.transaction():
-        cat.db.execute("UPDATE optouts SET templates=?, n_templates=? WHERE reference=?", (t.tobytes(), len(t), reference))
+        # a new id, so that optout_generation() changes and running ingests re-read the templates
+        cat.db.execute("UPDATE optouts SET templates=?, n_templates=?, id=(SELECT MAX(id) + 1 FROM optouts) "
+                       "WHERE reference=?", (t.tobytes(), len(t), reference))
