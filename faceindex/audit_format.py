@@ -1,0 +1,118 @@
+"""The audit log's on-disk format: its SQLite schema and append-only triggers, and how a record is hashed.
+
+Kept apart from `audit.py` (which writes, reads and verifies the log) so that the format a verifier must
+reproduce is one short page: canonical JSON of the record's content, chained by the previous record's hash,
+sha256 or (keyed mode) HMAC-SHA256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+_INFO_TABLE = """CREATE TABLE IF NOT EXISTS audit_info (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )"""
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        purpose TEXT,
+        case_ref TEXT,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    _INFO_TABLE,
+    "CREATE INDEX IF NOT EXISTS audit_case_ref ON audit(case_ref)",
+    "CREATE INDEX IF NOT EXISTS audit_actor ON audit(actor)",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit(time)",
+)
+
+# Dropped and recreated on every open, so a removed or replaced trigger is restored (the chain still
+# records that the log was tampered with in between).
+_TRIGGERS = {
+    "audit_no_update": """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be updated'); END""",
+    "audit_no_delete": """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be deleted'); END""",
+    "audit_head_no_delete": """CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head cannot be deleted'); END""",
+    "audit_info_no_update": """CREATE TRIGGER audit_info_no_update BEFORE UPDATE ON audit_info
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: its hash mode cannot be changed'); END""",
+    "audit_info_no_delete": """CREATE TRIGGER audit_info_no_delete BEFORE DELETE ON audit_info
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: its hash mode cannot be changed'); END""",
+    # The head only ever moves one record forward, onto the record just appended.
+    "audit_head_forward_only": """CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+        WHEN NEW.id IS NOT OLD.id OR NEW.seq IS NOT OLD.seq + 1
+             OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq)
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head only follows appends'); END""",
+}
+
+
+def canonical_json(value: Any) -> str:
+    """The one encoding that is hashed: sorted keys, no spaces, UTF-8 text; refuses bytes and NaN."""
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_refuse,
+    )
+
+
+def _refuse(value: object) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError("audit details never hold bytes: keep image data out of the log, record its sha256")
+    raise TypeError(f"audit details must be JSON-serialisable, not {type(value).__name__}")
+
+
+def record_hash(
+    *,
+    seq: int,
+    time: str,
+    actor: str,
+    role: str,
+    action: str,
+    purpose: str | None,
+    case_ref: str | None,
+    details: Mapping[str, Any],
+    prev_hash: str,
+    key: bytes | None = None,
+) -> str:
+    """sha256 (hex) of a record's canonical content, chained to the previous record's hash; with `key`, the
+    HMAC-SHA256 of the same bytes under that key."""
+    content = {
+        "seq": seq,
+        "time": time,
+        "actor": actor,
+        "role": role,
+        "action": action,
+        "purpose": purpose,
+        "case_ref": case_ref,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    data = canonical_json(content).encode("utf-8")
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of an audit key (stored with the log; reveals nothing usable about the key)."""
+    return hmac.new(key, b"faceindex audit key fingerprint", hashlib.sha256).hexdigest()[:16]
