@@ -1,0 +1,192 @@
+"""People over the catalog: full and incremental clustering, manual merges and splits that later runs respect.
+
+Plain functions taking the engine (`fi`); the engine's people methods delegate here. The algorithm is in
+`cluster.py`, what is stored beyond face -> person in `people_store.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import people_store
+from .cluster import group_faces, knn_graph
+from .errors import PolicyError
+
+CLUSTER_FMR = 1e-4  # a group joins another only if their mean similarity is this unlikely between two strangers
+K = 20  # neighbours per face in the candidate graph
+
+
+def threshold(fi) -> float:
+    """Mean-similarity threshold of the people graph, from the model's calibration (so it suits every model)."""
+    return fi.calibration.threshold_for(CLUSTER_FMR)
+
+
+def _faces(fi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face ids ascending, image ids, embeddings) of the searchable faces (low-quality faces are left out)."""
+    ids, image_ids = fi.catalog.face_image_ids()
+    keep = ~np.isin(ids, fi.catalog.low_quality_ids(fi.settings.min_quality))
+    ids, image_ids = ids[keep], image_ids[keep]
+    vecs = np.zeros((0, fi.spec.dim), np.float32)
+    if len(ids):
+        parts = list(fi.catalog.embeddings(ids.tolist(), dim=fi.spec.dim))
+        got = np.concatenate([p[0] for p in parts])
+        vecs = np.concatenate([p[1] for p in parts])
+        if not np.array_equal(got, ids):  # the catalog answers in id order; anything else is a bug
+            order = np.searchsorted(got, ids)
+            vecs = vecs[order]
+    return ids, image_ids, vecs
+
+
+def _constraints(fi, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Must-link and cannot-link pairs (rows into `ids`) from reviewers' merges and splits."""
+    bfaces, bblocks, apart = people_store.constraints(fi.catalog)
+    present = np.isin(bfaces, ids)
+    pos, blk = np.searchsorted(ids, bfaces[present]), bblocks[present]
+    o = np.lexsort((pos, blk))
+    pos, blk = pos[o], blk[o]
+    same = np.nonzero(blk[1:] == blk[:-1])[0]
+    must = np.stack([pos[same], pos[same + 1]], 1)
+    # one face stands for its block: blocks are must-linked, so keeping two faces apart keeps the blocks apart
+    heads = np.concatenate([[True], blk[1:] != blk[:-1]]) if len(blk) else np.zeros(0, bool)
+    rep = dict(zip(blk[heads].tolist(), pos[heads].tolist()))
+    cannot = [(rep[a], rep[b]) for a, b in apart.tolist() if a in rep and b in rep]
+    return must.reshape(-1, 2), np.array(cannot, np.int64).reshape(-1, 2)
+
+
+def run(fi, full: bool = False) -> dict:
+    """Group faces into people. Incremental by default: faces not yet in a person join the person they match
+    best or form new people, and existing people are neither merged nor split. `full` re-clusters every face;
+    names carry over to the group holding most of the person's faces. Reviewers' merges and splits hold in both."""
+    ids, image_ids, vecs = _faces(fi)
+    tau = threshold(fi)
+    must, cannot = _constraints(fi, ids)
+    assigned = people_store.assignments(fi.catalog)
+    person = np.array([assigned.get(i, -1) for i in ids.tolist()], np.int64)
+    new = person < 0
+    if not full and (~new).any():
+        if not new.any():
+            return {"mode": "incremental", "faces": 0, "joined": 0, "new_people": 0}
+        _, initial = np.unique(np.where(new, -1, person), return_inverse=True)
+        initial = np.where(new, -1, initial)
+        sims, nbrs = knn_graph(vecs, K + 1, queries=vecs[new])
+        a = np.repeat(np.nonzero(new)[0], nbrs.shape[1])
+        res = group_faces(vecs, image_ids, tau, must=must, cannot=cannot, initial=initial, frozen=~new,
+                      edges=(a, nbrs.reshape(-1), sims.reshape(-1)))
+        touched = np.unique(res.labels[new])
+        old_coh = people_store.cohesion(fi.catalog)
+        groups = []
+        joined = 0
+        for lab in touched.tolist():
+            members = res.labels == lab
+            olds = np.unique(person[members & ~new])
+            pid = int(olds[0]) if len(olds) else None
+            joined += int((members & new).sum()) if pid is not None else 0
+            c = float(res.cohesion[lab])
+            if pid is not None:
+                c = min(c, old_coh.get(pid, 1.0))
+            groups.append((pid, ids[members].tolist(), c))
+        people_store.store(fi.catalog, groups, replace=False)
+        return {"mode": "incremental", "faces": int(new.sum()), "joined": joined,
+                "new_people": sum(1 for g in groups if g[0] is None)}
+    res = group_faces(vecs, image_ids, tau, k=K, must=must, cannot=cannot)
+    order = np.argsort(res.labels, kind="stable")
+    bounds = np.searchsorted(res.labels[order], np.arange(res.labels.max() + 2 if len(ids) else 1))
+    members = [ids[order[bounds[g]:bounds[g + 1]]].tolist() for g in range(len(bounds) - 1)]
+    keep = carry_over(person, res.labels, set(fi.catalog.person_names()) | set(assigned.values()))
+    groups = [(keep[g], members[g], float(res.cohesion[g])) for g in range(len(members))]
+    people_store.store(fi.catalog, groups, replace=True)
+    return {"mode": "full", "faces": len(ids), "people": len(groups), "rounds": res.rounds}
+
+
+def carry_over(old: np.ndarray, labels: np.ndarray, keep: set[int]) -> list[int | None]:
+    """Old person id for each new group (largest overlap first, each id once), so ids and names survive.
+
+    `old` is each face's previous person (-1 for none); only ids in `keep` are carried."""
+    m = int(labels.max()) + 1 if len(labels) else 0
+    result: list[int | None] = [None] * m
+    has = old >= 0
+    if not has.any():
+        return result
+    pairs, counts = np.unique(np.stack([labels[has], old[has]], 1), axis=0, return_counts=True)
+    used: set[int] = set()
+    for i in np.argsort(-counts, kind="stable").tolist():
+        g, pid = int(pairs[i, 0]), int(pairs[i, 1])
+        if result[g] is None and pid not in used and pid in keep:
+            result[g] = pid
+            used.add(pid)
+    return result
+
+
+def _mean_links(fi, face_sets: list[list[int]]) -> float:
+    """The weakest mean similarity between any two of the face sets."""
+    sums = []
+    for faces in face_sets:
+        vecs = np.concatenate([v for _, v in fi.catalog.embeddings(faces, dim=fi.spec.dim)])
+        sums.append((vecs.sum(0), len(vecs)))
+    worst = 1.0
+    for i in range(len(sums)):
+        for j in range(i + 1, len(sums)):
+            worst = min(worst, float(sums[i][0] @ sums[j][0]) / (sums[i][1] * sums[j][1]))
+    return worst
+
+
+def merge(fi, person_ids: list[int]) -> int:
+    """Merge people into the first one given, for good: later clusterings never split them again.
+    Refused when two of them appear in one photo. Returns the person id."""
+    ids = list(dict.fromkeys(person_ids))
+    if len(ids) < 2:
+        raise ValueError("give at least two different people to merge")
+    names = {}
+    for pid in ids:
+        names[pid], _ = fi.catalog.person(pid)  # NotFoundError for unknown ids
+    rows = fi.catalog.person_face_images(ids)
+    seen: dict[int, int] = {}
+    for pid, _fid, image_id in rows:
+        if seen.setdefault(image_id, pid) != pid:
+            raise PolicyError(f"people {seen[image_id]} and {pid} both appear in image {image_id}: "
+                              "they cannot be one person")
+    target = ids[0]
+    by_person: dict[int, list[int]] = {}
+    for pid, fid, _ in rows:
+        by_person.setdefault(pid, []).append(fid)
+    coh = people_store.cohesion(fi.catalog, ids)
+    weakest = min([_mean_links(fi, list(by_person.values()))] + [coh.get(p, 1.0) for p in ids])
+    with fi.catalog.transaction():
+        fi.catalog.move_faces([fid for pid, fid, _ in rows if pid != target], target)
+        people_store.join(fi.catalog, [fid for _, fid, _ in rows])
+        people_store.store(fi.catalog, [(target, [fid for _, fid, _ in rows], weakest)], replace=False)
+        if names[target] is None:
+            name = next((n for n in names.values() if n), None)
+            if name:
+                fi.catalog.name_person(target, name)
+    return target
+
+
+def split(fi, person_id: int, face_ids: list[int]) -> int:
+    """Move some faces of a person into a new person, for good: later clusterings keep the two parts apart
+    (and each part together). Returns the new person's id."""
+    _, faces = fi.catalog.person(person_id)
+    own = {f.id for f in faces}
+    stray = [f for f in face_ids if f not in own]
+    if stray:
+        raise ValueError(f"faces {stray[:5]} do not belong to person {person_id}")
+    part = list(dict.fromkeys(face_ids))
+    if set(part) >= own:
+        raise ValueError("a split must leave at least one face with the person")
+    rest = [f.id for f in faces if f.id not in set(part)]
+    with fi.catalog.transaction():
+        new = fi.catalog.move_faces(part)
+        people_store.separate(fi.catalog, part, rest)
+        people_store.store(fi.catalog, [(new, part, _internal(fi, part)), (person_id, rest, _internal(fi, rest))],
+                           replace=False)
+    return new
+
+
+def _internal(fi, faces: list[int]) -> float:
+    """Mean similarity between two different faces of a set (1.0 for one face)."""
+    if len(faces) < 2:
+        return 1.0
+    vecs = np.concatenate([v for _, v in fi.catalog.embeddings(faces, dim=fi.spec.dim)])
+    s = vecs.sum(0)
+    n = len(vecs)
+    return float((s @ s - n) / (n * (n - 1)))
