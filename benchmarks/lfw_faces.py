@@ -59,9 +59,12 @@ def _embed(path: str) -> tuple[np.ndarray, np.ndarray, int, bool]:
         d = [((f.box.x1 + f.box.x2) / 2 - w / 2) ** 2 + ((f.box.y1 + f.box.y2) / 2 - h / 2) ** 2 for f in faces]
         return (np.stack([f.embedding for f in faces]).astype(np.float32),
                 np.array([f.quality.score for f in faces], np.float32), int(np.argmin(d)), True)
-    lm = _pipe.models.landmarker
-    chips = lm.chips(pixels, [lm.shape(pixels, CENTRE_BOX)])
-    return _pipe.embed_chips(chips).astype(np.float32), np.zeros(1, np.float32), 0, False
+    if hasattr(_pipe, "faces_at"):  # model packs
+        emb = _pipe.faces_at(pixels, [CENTRE_BOX])[0].embedding[None]
+    else:
+        lm = _pipe.models.landmarker
+        emb = _pipe.embed_chips(lm.chips(pixels, [lm.shape(pixels, CENTRE_BOX)]))
+    return emb.astype(np.float32), np.zeros(1, np.float32), 0, False
 
 
 def lfw_paths() -> tuple[list[str], list[str]]:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_faces import DATA, load_or_embed  # noqa: E402
 
 from faceindex import calibration  # noqa: E402
-from faceindex.cluster import group_faces, knn_graph  # noqa: E402
+from faceindex.cluster import Threshold, group_faces, knn_graph  # noqa: E402
 
 CALIBRATION = {"dlib": "dlib_resnet_v1"}
 
@@ -223,6 +223,18 @@ def single_linkage(vecs: np.ndarray, image_ids: np.ndarray, tau: float, k: int =
     return np.unique(roots, return_inverse=True)[1]
 
 
+def report(tag: str, method: str, labels: np.ndarray, truth: np.ndarray, scored: np.ndarray, rounds: int,
+           t: float) -> None:
+    """One line of the table: quality, groups, seconds since `t`, rounds and the process's peak memory."""
+    secs = time.perf_counter() - t
+    m = scores(labels, truth, scored)
+    g = group_stats(labels, truth)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{tag:>11} {method:<18} {m['P']:.4f} {m['R']:.4f} {m['F']:.4f} {m['pairP']:.4f} "
+          f"{m['pairR']:.4f} {g['groups']:>7} {g['largest']:>7} {g['mixed']:>6} {secs:>7.1f} "
+          f"{rounds:>6} {peak:>7.0f}", flush=True)
+
+
 # --- the run --------------------------------------------------------------------------------------------------
 def dev_people() -> set[str]:
     names = set()
@@ -237,7 +249,10 @@ def main() -> None:
     ap.add_argument("--model", default="dlib")
     ap.add_argument("--sizes", default="dev,2000,6000,all,100000,1000000")
     ap.add_argument("--methods", default="rac,cw")
-    ap.add_argument("--fmr", default="1e-4", help="comma-separated FMRs for the threshold")
+    ap.add_argument("--fmr", default="1e-4", help="comma-separated FMRs for the threshold (of one pair)")
+    ap.add_argument("--rho", default="1", help="comma-separated rho values (1 = one threshold for every merge)")
+    ap.add_argument("--per-face", type=float, default=0.0,
+                    help="if set, the pair FMR is min(FMR, this / faces): a fixed number of chance matches per face")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
@@ -265,7 +280,7 @@ def main() -> None:
         fmr = float(fmr_s)
         tau = cal.threshold_for(fmr)
         print(f"\n## threshold: similarity {tau:.4f} (FMR {fmr:g} in calibration {cal.model})")
-        print(f"{'size':>9} {'method':<14} {'P':>6} {'R':>6} {'F':>6} {'pairP':>6} {'pairR':>6} {'groups':>7} "
+        print(f"{'size':>11} {'method':<18} {'P':>6} {'R':>6} {'F':>6} {'pairP':>6} {'pairR':>6} {'groups':>7} "
               f"{'largest':>7} {'mixed':>6} {'secs':>7} {'rounds':>6} {'peakMB':>7}")
         for size_s in args.sizes.split(","):
             if size_s == "dev":
@@ -293,14 +308,20 @@ def main() -> None:
                 tr = np.concatenate([tr, truth.max() + 1 + ident])
                 sc = np.concatenate([sc, np.zeros(extra, bool)])
                 del fake
+            tag = f"{size_s}({len(v)})" if not size_s.isdigit() else str(len(v))
             for method in args.methods.split(","):
                 if method == "single" and len(v) > 20_000:
                     continue  # a pure-Python loop over edges: not run at scale
                 t = time.perf_counter()
                 rounds = 0
-                if method == "rac":
-                    res = group_faces(v, im, tau, k=args.k)
-                    labels, rounds = res.labels, res.rounds
+                if method.startswith("rac"):
+                    for rho in [float(x) for x in args.rho.split(",")]:
+                        pair_fmr = min(fmr, args.per_face / len(v)) if args.per_face else fmr
+                        bar = Threshold(cal.threshold_for(pair_fmr), cal.threshold_for(0.5), rho)
+                        t = time.perf_counter()
+                        res = group_faces(v, im, bar, k=args.k)
+                        report(tag, f"rac r{rho:g} p{pair_fmr:.0e}", res.labels, tr, sc, res.rounds, t)
+                    continue
                 elif method == "cw":
                     labels = chinese_whispers(v, tau, args.k)
                 elif method == "single":
@@ -311,14 +332,7 @@ def main() -> None:
                     labels = single_linkage(v, im, tau, args.k, mutual=True)
                 else:
                     sys.exit(f"unknown method {method}")
-                secs = time.perf_counter() - t
-                m = scores(labels, tr, sc)
-                g = group_stats(labels, tr)
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                label = f"{size_s}({len(v)})" if not size_s.isdigit() else str(len(v))
-                print(f"{label:>9} {method:<14} {m['P']:.4f} {m['R']:.4f} {m['F']:.4f} {m['pairP']:.4f} "
-                      f"{m['pairR']:.4f} {g['groups']:>7} {g['largest']:>7} {g['mixed']:>6} {secs:>7.1f} "
-                      f"{rounds:>6} {peak:>7.0f}", flush=True)
+                report(tag, method, labels, tr, sc, rounds, t)
 
 
 if __name__ == "__main__":

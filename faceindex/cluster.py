@@ -41,11 +41,12 @@ class Clustering:
 
 
 def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
-              exact_limit: int = EXACT_LIMIT, nprobe: int = 16, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+              exact_limit: int = EXACT_LIMIT, nprobe: int = 8, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, neighbour rows) of the k nearest faces of each query (default: every face) in `vecs`.
 
     Exact (flat inner product) for small collections; above `exact_limit` an IVF index is trained for the job
-    (about 4 sqrt(n) lists, `nprobe` visited), which finds almost all near neighbours at a fraction of the cost.
+    with sqrt(nprobe * n) lists (which balances the cost of picking lists against scanning them), `nprobe`
+    visited: it finds almost all near neighbours (the only ones clustering uses) at a fraction of the cost.
     Missing neighbours are -1.
     """
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
@@ -55,10 +56,11 @@ def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
     if n <= exact_limit:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = int(4 * np.sqrt(n))
+        nlist = int(np.sqrt(nprobe * n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # coarse lists are enough: near neighbours share a list or the next one
         rng = np.random.default_rng(0)
-        train = vecs[rng.choice(n, min(n, 40 * nlist), replace=False)]
+        train = vecs[rng.choice(n, min(n, 20 * nlist), replace=False)]
         index.train(train)
         index.nprobe = nprobe
     index.add(vecs)
@@ -93,7 +95,29 @@ def _keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return lo.astype(np.int64) * n + hi
 
 
-def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: int = 20, *,
+@dataclass(frozen=True)
+class Threshold:
+    """The mean similarity two groups need to merge, by the number of face pairs m between them.
+
+    One pair (m = 1) needs `pair`; the bar falls towards `group` as m grows, the way the false-match threshold of
+    a mean of m impostor similarities falls: tau(m) = centre + (pair - centre) * sqrt(rho + (1 - rho) / m), with
+    `centre` the typical impostor similarity and `rho` the share of impostor variance that belongs to the two
+    people rather than to the photos (which no amount of averaging removes); `group` is tau at m -> infinity.
+    """
+
+    pair: float
+    centre: float = 0.0
+    rho: float = 1.0
+
+    @property
+    def group(self) -> float:
+        return self.at(np.array([np.inf]))[0]
+
+    def at(self, m: np.ndarray) -> np.ndarray:
+        return self.centre + (self.pair - self.centre) * np.sqrt(self.rho + (1 - self.rho) / m)
+
+
+def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Threshold, k: int = 20, *,
             must: np.ndarray | None = None, cannot: np.ndarray | None = None,
             initial: np.ndarray | None = None, frozen: np.ndarray | None = None,
             edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -109,6 +133,8 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: in
     n = len(vecs)
     if n == 0:
         return Clustering(np.zeros(0, np.int64), np.zeros(0), 0)
+    bar = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold))
+    floor = float(bar.group)
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     image_ids = np.asarray(image_ids)
 
@@ -148,7 +174,7 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: in
         s = sims.reshape(-1)
     else:
         a, b, s = (np.asarray(x) for x in edges)
-    ok = (b >= 0) & (s >= threshold)
+    ok = (b >= 0) & (s >= floor)
     pa, pb = label[a[ok]], label[b[ok].astype(np.int64)]
     keys = np.unique(_keys(pa, pb, g))
     keys = keys[keys // g != keys % g]
@@ -158,13 +184,17 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: in
         rounds += 1
         pa, pb = keys // g, keys % g
         score = np.einsum("ij,ij->i", sums[pa], sums[pb]) / (size[pa] * size[pb])
-        bad = score < threshold
+        # below the floor a pair can never merge (a merged group's link is a weighted mean of its parts' links)
+        bad = score < floor
         bad |= is_frozen[pa] & is_frozen[pb]
         if len(cl):
             bad |= np.isin(keys, _keys(label[cl[:, 0]], label[cl[:, 1]], g))
         keys, pa, pb, score = keys[~bad], pa[~bad], pb[~bad], score[~bad]
-        if not len(keys):
+        ready = score >= bar.at(size[pa] * size[pb])
+        if not ready.any():
             break
+        keys_all = keys
+        pa, pb, score = pa[ready], pb[ready], score[ready]
         # each group's best neighbour (ties broken by the smaller key, so both ends agree)
         src = np.concatenate([pa, pb])
         dst = np.concatenate([pb, pa])
@@ -188,16 +218,10 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: in
         remap = np.arange(g)
         remap[mb] = ma
         label = remap[label]
-        na, nb = remap[pa], remap[pb]
-        keys = np.unique(_keys(na, nb, g))
+        keys = np.unique(_keys(remap[keys_all // g], remap[keys_all % g], g))
         keys = keys[keys // g != keys % g]
     final, labels = np.unique(label, return_inverse=True)
     return Clustering(labels.astype(np.int64), cohesion[final], rounds)
-
-
-def cluster(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: int = 20) -> np.ndarray:
-    """Labels only (see `group_faces`)."""
-    return group_faces(vecs, image_ids, threshold, k).labels
 
 
 def _photo_pairs(order: np.ndarray, sid: np.ndarray, same: np.ndarray) -> np.ndarray:
@@ -212,25 +236,3 @@ def _photo_pairs(order: np.ndarray, sid: np.ndarray, same: np.ndarray) -> np.nda
         i, j = np.triu_indices(e - s, 1)
         out.append(np.stack([order[s + i], order[s + j]], 1))
     return np.concatenate(out).astype(np.int64)
-
-
-def carry_over(old: dict[int, set[int]], new_groups: list[list[int]], keep: set[int]) -> list[int | None]:
-    """Map each new group to an old person id (largest overlap, each old id used once), so names survive.
-
-    Only old ids in `keep` (e.g. named people) are carried; others become new people.
-    """
-    candidates = []
-    for g_index, group in enumerate(new_groups):
-        members = set(group)
-        for pid, faces in old.items():
-            if pid in keep:
-                overlap = len(members & faces)
-                if overlap:
-                    candidates.append((overlap, g_index, pid))
-    result: list[int | None] = [None] * len(new_groups)
-    used: set[int] = set()
-    for _overlap, g_index, pid in sorted(candidates, reverse=True):
-        if result[g_index] is None and pid not in used:
-            result[g_index] = pid
-            used.add(pid)
-    return result

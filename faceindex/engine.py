@@ -193,13 +193,14 @@ class FaceIndex:
         return search.compare(self, fa, fb, name_a, name_b)
 
     # --- people ------------------------------------------------------------------------------------------------
-    def cluster(self) -> list[Person]:
-        """Group all searchable faces into people; names given earlier stay with their people."""
-        return people.cluster(self)
+    def cluster(self, full: bool = False) -> list[Person]:
+        """Group searchable faces into people: new faces only, or all with `full`; names, reviewers' merges and
+        splits stay."""
+        return people.cluster(self, full)
 
-    def people(self, limit: int | None = None, min_faces: int = 1) -> list[Person]:
-        """People by size, largest first."""
-        return people.people(self, limit, min_faces)
+    def people(self, limit: int | None = None, min_faces: int = 1, sort: str = "size") -> list[Person]:
+        """People by size, largest first; sort="weakest": least cohesive first (for review)."""
+        return people.people(self, limit, min_faces, sort)
 
     def person(self, person_id: int) -> tuple[Person, list[FaceRecord]]:
         """A person and their faces."""

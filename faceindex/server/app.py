@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -363,13 +363,16 @@ def create_app(settings: Settings) -> FastAPI:
     # --- people ----------------------------------------------------------------------------------------------
     def person_out(x) -> S.PersonOut:
         return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count,
-                           sample_face_ids=list(x.sample_face_ids))
+                           sample_face_ids=list(x.sample_face_ids), cohesion=x.cohesion, cohesion_fmr=x.cohesion_fmr)
 
     @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
     def people(p: Who, min_faces: Annotated[int, Query(ge=1)] = 2,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[S.PersonOut]:
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+               sort: Annotated[Literal["size", "weakest"], Query(
+                   description="size: largest first; weakest: least cohesive first (review these)")] = "size",
+               ) -> list[S.PersonOut]:
         with lock:
-            return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces)[:limit]]
+            return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces, sort=sort)[:limit]]
 
     @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
     def cluster(p: Who) -> list[S.PersonOut]:
