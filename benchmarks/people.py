@@ -31,7 +31,7 @@ from lfw_faces import DATA, load_or_embed  # noqa: E402
 from faceindex import calibration  # noqa: E402
 from faceindex.cluster import Threshold, group_faces, knn_graph  # noqa: E402
 
-CALIBRATION = {"dlib": "dlib_resnet_v1"}
+CALIBRATION = {"dlib": "dlib_resnet_v1", "yunet-omz95-centre": "yunet-omz95"}
 
 
 # --- metrics --------------------------------------------------------------------------------------------------
@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--per-face", type=float, default=0.0,
                     help="if set, the pair FMR is min(FMR, this / faces): a fixed number of chance matches per face")
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--calibration", type=Path, help="a calibration table file (default: the one faceindex ships)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
@@ -266,7 +267,7 @@ def main() -> None:
     scored_all = np.zeros(len(emb), bool)
     scored_all[d["labelled"]] = True
     person_of_face = person_of_image[image]
-    cal = calibration.load(CALIBRATION.get(args.model, args.model))
+    cal = calibration.load(CALIBRATION.get(args.model, args.model), args.calibration)
 
     print(f"# people clustering, model {args.model}: {len(emb)} faces in {len(names)} LFW images "
           f"({int((~d['detected']).sum())} without a detected face: centre box embedded); "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Merge thresholds, all as false-match rates of the model's calibration (so they suit every model pack):
 PAIR_FMR = 1e-4  # two single faces: at most this FMR ...
 PER_FACE = 0.1  # ... and at most this many chance matches per face in the collection (FMR x faces)
-RHO = 0.75  # how fast the bar falls for bigger groups (see cluster.Threshold), measured on LFW's dev split
+RHO = 0.8  # how fast the bar falls for bigger groups (see cluster.Threshold), measured on LFW's dev split
 K = 20  # neighbours per face in the candidate graph
 
 
