@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -241,3 +242,17 @@ def _bcubed(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     n_c = np.unique(labels, return_inverse=True, return_counts=True)
     n_l = np.unique(truth, return_inverse=True, return_counts=True)
     return (float((n_cl[cell] / n_c[2][n_c[1]]).mean()), float((n_cl[cell] / n_l[2][n_l[1]]).mean()))
+
+
+@needs_lfw
+def test_cli_full_and_weakest_first(small_index, tmp_path):
+    from .test_cli import run
+
+    data = tmp_path / "data"
+    shutil.copytree(small_index, data)
+    listed = json.loads(run("people", "--full", "--weakest", "--json", data=data, check=0).stdout)
+    assert len(listed) == 3
+    cohesion = [p["cohesion"] for p in listed]
+    assert cohesion == sorted(cohesion) and all(0 < p["cohesion_fmr"] < 1 for p in listed)
+    shown = run("people", "show", listed[0]["id"], data=data, check=0).stdout
+    assert "weakest link: FMR" in shown

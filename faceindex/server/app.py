@@ -375,9 +375,11 @@ def create_app(settings: Settings) -> FastAPI:
             return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces, sort=sort)[:limit]]
 
     @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
-    def cluster(p: Who) -> list[S.PersonOut]:
+    def cluster(p: Who, full: Annotated[bool, Query(
+            description="re-cluster every face (default: only faces not yet in a person)")] = False,
+                ) -> list[S.PersonOut]:
         with lock:
-            return [person_out(x) for x in as_(p).cluster()[:100]]
+            return [person_out(x) for x in as_(p).cluster(full=full)[:100]]
 
     @app.get("/v1/people/{person_id}", response_model=S.PersonDetail, tags=["people"])
     def person(p: Who, person_id: int) -> S.PersonDetail:
