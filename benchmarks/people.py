@@ -73,9 +73,12 @@ def group_stats(labels: np.ndarray, truth: np.ndarray) -> dict[str, int]:
 class Distractors:
     """Synthetic identities that look, to this embedder, like real strangers.
 
-    A Gaussian model of the embedding space fitted on LFW: identity centres ~ N(mean, a^2 B) with B the
-    between-person covariance (of person means), faces ~ centre + N(0, w^2 W) with W the within-person covariance,
-    then L2-normalised. Identity sizes are drawn from LFW's own images-per-person distribution (most have one or
+    A model of the embedding space fitted on LFW: an identity's centre is a random LFW person's mean embedding
+    pushed away by a * N(0, B), B the between-person covariance (so distractors keep the real space's structure:
+    a pure Gaussian has far too light an impostor tail for these embedders), its faces are centre + N(0, w^2 W),
+    W the within-person covariance, then L2-normalised. Each is a look-alike of one LFW person rather than a
+    random stranger, which makes them harder than real strangers for that person and easier for the others.
+    Identity sizes are drawn from LFW's own images-per-person distribution (most have one or
     two faces, a few dozens). The scales a and w are fitted so that (1) synthetic-vs-real pairs reach the model's
     calibrated impostor tail: their false-match rate at FMR 1e-5's threshold equals the calibration's, and (2)
     the mean similarity of two faces of one synthetic identity equals LFW's mean same-person similarity. So a
@@ -95,6 +98,7 @@ class Distractors:
         dev = (emb - means[pi])[multi]
         self.W = np.linalg.cholesky(np.cov(dev.T) + 1e-9 * np.eye(d))
         self.mean = means.mean(0)
+        self.means = means
         self.B = np.linalg.cholesky(np.cov(means.T) + 1e-9 * np.eye(d))
         self.sizes = counts
         self.real = emb
@@ -121,11 +125,16 @@ class Distractors:
         ident = np.repeat(np.arange(len(sizes)), sizes)
         chunk = 200_000
         for s in range(0, len(sizes), chunk):
-            c = self.mean + a * (self.rng.standard_normal((len(sizes[s:s + chunk]), d)) @ self.B.T)
+            c = self._centres(len(sizes[s:s + chunk]), a)
             lo, hi = int(sizes[:s].sum()), int(sizes[:s + chunk].sum())
             x = np.repeat(c, sizes[s:s + chunk], 0) + w * (self.rng.standard_normal((hi - lo, d)) @ self.W.T)
             out[lo:hi] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out, ident
+
+    def _centres(self, m: int, a: float) -> np.ndarray:
+        """Identity centres: a real person's mean pushed away by a * N(0, B)."""
+        anchors = self.means[self.rng.integers(0, len(self.means), m)]
+        return anchors + a * (self.rng.standard_normal((m, len(self.mean))) @ self.B.T)
 
     def impostor_fmr(self, fake: np.ndarray, tau: float) -> float:
         """Share of synthetic-vs-real pairs at or above `tau`."""
@@ -140,7 +149,7 @@ class Distractors:
             lo, hi = 0.05, 5.0
             for _ in range(10):  # genuine similarity falls as faces spread around their identity
                 w = (lo * hi) ** 0.5
-                c = self.mean + a * (self.rng.standard_normal((2000, len(self.mean))) @ self.B.T)
+                c = self._centres(2000, a)
                 x1 = c + w * (self.rng.standard_normal(c.shape) @ self.W.T)
                 x2 = c + w * (self.rng.standard_normal(c.shape) @ self.W.T)
                 x1 /= np.linalg.norm(x1, axis=1, keepdims=True)
