@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_faces import DATA, load_or_embed  # noqa: E402
 
 from faceindex import calibration  # noqa: E402
+from faceindex import cluster as cluster_mod  # noqa: E402
 from faceindex.cluster import Threshold, group_faces, knn_graph  # noqa: E402
 
 CALIBRATION = {"dlib": "dlib_resnet_v1", "yunet-omz95-centre": "yunet-omz95"}
@@ -230,16 +231,23 @@ def single_linkage(vecs: np.ndarray, image_ids: np.ndarray, tau: float, k: int =
     return np.unique(roots, return_inverse=True)[1]
 
 
+def cpu_now() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def report(tag: str, method: str, labels: np.ndarray, truth: np.ndarray, scored: np.ndarray, rounds: int,
-           t: float) -> None:
+           t: float, cpu0: float) -> None:
     """One line of the table: quality, groups, seconds since `t`, rounds and the process's peak memory."""
     secs = time.perf_counter() - t
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime - cpu0
     m = scores(labels, truth, scored)
     g = group_stats(labels, truth)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{tag:>11} {method:<18} {m['P']:.4f} {m['R']:.4f} {m['F']:.4f} {m['pairP']:.4f} "
           f"{m['pairR']:.4f} {g['groups']:>7} {g['largest']:>7} {g['mixed']:>6} {secs:>7.1f} "
-          f"{rounds:>6} {peak:>7.0f}", flush=True)
+          f"{rounds:>6} {peak:>7.0f} {cpu:>7.1f}", flush=True)
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -261,10 +269,16 @@ def main() -> None:
     ap.add_argument("--per-face", type=float, default=0.0,
                     help="if set, the pair FMR is min(FMR, this / faces): a fixed number of chance matches per face")
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--nprobe", type=int, default=0, help="IVF lists visited by the k-NN graph (0: the default)")
+    ap.add_argument("--knn-dims", type=float, default=0.0, help="PCA share of dimensions for the k-NN (0: default)")
     ap.add_argument("--calibration", type=Path, help="a calibration table file (default: the one faceindex ships)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
+    if args.nprobe:
+        cluster_mod.KNN_NPROBE = args.nprobe
+    if args.knn_dims:
+        cluster_mod.KNN_DIMS = args.knn_dims
     d = load_or_embed(args.model, args.workers)
     emb, image = d["emb"].astype(np.float32), d["image"]
     names = d["names"]
@@ -289,7 +303,7 @@ def main() -> None:
         tau = cal.threshold_for(fmr)
         print(f"\n## threshold: similarity {tau:.4f} (FMR {fmr:g} in calibration {cal.model})")
         print(f"{'size':>11} {'method':<18} {'P':>6} {'R':>6} {'F':>6} {'pairP':>6} {'pairR':>6} {'groups':>7} "
-              f"{'largest':>7} {'mixed':>6} {'secs':>7} {'rounds':>6} {'peakMB':>7}")
+              f"{'largest':>7} {'mixed':>6} {'secs':>7} {'rounds':>6} {'peakMB':>7} {'cpu_s':>7}")
         for size_s in args.sizes.split(","):
             if size_s == "dev":
                 keep_people = np.nonzero(dev)[0]
@@ -321,15 +335,15 @@ def main() -> None:
             for method in args.methods.split(","):
                 if method == "single" and len(v) > 20_000:
                     continue  # a pure-Python loop over edges: not run at scale
-                t = time.perf_counter()
+                t, cpu0 = time.perf_counter(), cpu_now()
                 rounds = 0
                 if method.startswith("rac"):
                     for rho in [float(x) for x in args.rho.split(",")]:
                         pair_fmr = min(fmr, args.per_face / len(v)) if args.per_face else fmr
                         bar = Threshold(cal.threshold_for(pair_fmr), cal.threshold_for(0.5), rho)
-                        t = time.perf_counter()
+                        t, cpu0 = time.perf_counter(), cpu_now()
                         res = group_faces(v, im, bar, k=args.k)
-                        report(tag, f"rac r{rho:g} p{pair_fmr:.0e}", res.labels, tr, sc, res.rounds, t)
+                        report(tag, f"rac r{rho:g} p{pair_fmr:.0e}", res.labels, tr, sc, res.rounds, t, cpu0)
                     continue
                 elif method == "cw":
                     labels = chinese_whispers(v, tau, args.k)
@@ -341,7 +355,7 @@ def main() -> None:
                     labels = single_linkage(v, im, tau, args.k, mutual=True)
                 else:
                     sys.exit(f"unknown method {method}")
-                report(tag, method, labels, tr, sc, rounds, t)
+                report(tag, method, labels, tr, sc, rounds, t, cpu0)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ import faiss
 import numpy as np
 
 EXACT_LIMIT = 50_000  # exact k-NN below this many faces; an IVF index above
+KNN_NPROBE = 32  # IVF lists visited per face (k-NN graph above EXACT_LIMIT) ...
+KNN_DIMS = 0.375  # ... and PCA dimensions kept for the IVF search, as a share of the embedding's (at least 64)
+KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost grows as n^1.5; see benchmarks.md)
 MAX_ROUNDS = 10_000  # a safety bound; real runs finish in tens of rounds
 
 
@@ -41,7 +44,8 @@ class Clustering:
 
 
 def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
-              exact_limit: int = EXACT_LIMIT, nprobe: int = 32, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+              exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+              batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, neighbour rows) of the k nearest faces of each query (default: every face) in `vecs`.
 
     Exact (flat inner product) for small collections. Above `exact_limit` the candidates come from an index built
@@ -63,13 +67,16 @@ def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
             sims[s:s + batch], nbrs[s:s + batch] = index.search(queries[s:s + batch], k)
         return sims, nbrs
     rng = np.random.default_rng(0)
-    r = max(64, 3 * d // 8)
+    large = n > KNN_LARGE
+    nprobe = nprobe or (8 if large else KNN_NPROBE)
+    r = min(d, 64 if large else max(64, int(d * KNN_DIMS)))
     nlist = int(np.sqrt(nprobe * n))
-    sample = vecs[rng.choice(n, min(n, 20 * nlist), replace=False)]
+    sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
     pca = faiss.PCAMatrix(d, r)
     pca.train(sample)
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(r), r, nlist, faiss.METRIC_L2)
-    index.cp.niter = 10  # coarse lists are enough: near neighbours share a list or the next one
+    index.cp.niter = 6  # coarse lists are enough: near neighbours share a list or the next one
+    index.cp.min_points_per_centroid = 5  # (and faiss's warning about few training points is moot)
     index.train(pca.apply(sample))
     index.nprobe = nprobe
     for s in range(0, n, batch):
