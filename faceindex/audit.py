@@ -21,19 +21,24 @@ What protects the log, and against whom
   system, write-once storage) and check with ``verify(expected_head=...)``. An anchor stays valid as the
   log grows: it asserts that record ``seq`` still has that hash.
 
-The hashes are deliberately unkeyed, so anyone can verify a copy of the log without holding a secret.
-The log proves that what was written has not changed since; that every operation writes its record is
-the engine's job.
+By default the hashes are unkeyed, so anyone can verify a copy of the log without holding a secret. In keyed
+mode (``AuditLog(path, key=...)``) each hash is an HMAC-SHA256 under a key kept outside the data folder, so
+someone holding the file but not the key cannot append, edit or rewrite records that verify; the mode and a
+fingerprint of the key are stored in ``audit_info`` when the log is created, and opening a keyed log without
+its key (or a plain log with a key) is refused. The log proves that what was written has not changed since;
+that every operation writes its record is the engine's job, and :mod:`faceindex.anchor` keeps a copy of the
+head in the catalog so that a deleted, emptied or truncated log is noticed on the next open.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,9 +46,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from .errors import CatalogError
+from .errors import AuditKeyError, CatalogError
+from .text import check_text
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: audit_info (hash mode and key fingerprint)
+PLAIN: Final = "sha256"
+KEYED: Final = "hmac-sha256"
 ZERO_HASH: Final = "0" * 64
 # An audit record is metadata; a body this large is almost certainly image data smuggled in by mistake.
 MAX_DETAILS_BYTES: Final = 1 << 20
@@ -68,8 +76,14 @@ BAD_LINK: Final = "bad link"
 GAP: Final = "sequence gap"
 TRUNCATED: Final = "truncated tail"
 HEAD_MISMATCH: Final = "head mismatch"
+MISSING: Final = "missing log"  # the file is gone or empty while the catalog anchored records (faceindex.anchor)
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+_INFO_TABLE = """CREATE TABLE IF NOT EXISTS audit_info (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )"""
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS audit (
@@ -89,6 +103,7 @@ _TABLES = (
         seq INTEGER NOT NULL,
         hash TEXT NOT NULL
     )""",
+    _INFO_TABLE,
     "CREATE INDEX IF NOT EXISTS audit_case_ref ON audit(case_ref)",
     "CREATE INDEX IF NOT EXISTS audit_actor ON audit(actor)",
     "CREATE INDEX IF NOT EXISTS audit_time ON audit(time)",
@@ -103,6 +118,10 @@ _TRIGGERS = {
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be deleted'); END""",
     "audit_head_no_delete": """CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: the head cannot be deleted'); END""",
+    "audit_info_no_update": """CREATE TRIGGER audit_info_no_update BEFORE UPDATE ON audit_info
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: its hash mode cannot be changed'); END""",
+    "audit_info_no_delete": """CREATE TRIGGER audit_info_no_delete BEFORE DELETE ON audit_info
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: its hash mode cannot be changed'); END""",
     # The head only ever moves one record forward, onto the record just appended.
     "audit_head_forward_only": """CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
         WHEN NEW.id IS NOT OLD.id OR NEW.seq IS NOT OLD.seq + 1
@@ -148,8 +167,10 @@ def record_hash(
     case_ref: str | None,
     details: Mapping[str, Any],
     prev_hash: str,
+    key: bytes | None = None,
 ) -> str:
-    """sha256 (hex) of a record's canonical content, chained to the previous record's hash."""
+    """sha256 (hex) of a record's canonical content, chained to the previous record's hash; with `key`, the
+    HMAC-SHA256 of the same bytes under that key."""
     content = {
         "seq": seq,
         "time": time,
@@ -161,7 +182,15 @@ def record_hash(
         "details": details,
         "prev_hash": prev_hash,
     }
-    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+    data = canonical_json(content).encode("utf-8")
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of an audit key (stored with the log; reveals nothing usable about the key)."""
+    return hmac.new(key, b"faceindex audit key fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 def _now() -> str:
@@ -248,7 +277,7 @@ class _Row:
     prev_hash: str
     hash: str
 
-    def content_ok(self) -> bool:
+    def content_ok(self, key: bytes | None = None) -> bool:
         """Whether the stored hash is the hash of the stored content (and prev_hash)."""
         try:
             details = json.loads(self.body)
@@ -262,6 +291,7 @@ class _Row:
                 case_ref=self.case_ref,
                 details=details,
                 prev_hash=self.prev_hash,
+                key=key,
             )
         except (TypeError, ValueError):
             return False
@@ -274,11 +304,22 @@ class AuditLog:
     takes SQLite's write lock, so the chain never forks). Use as a context manager or call close().
     """
 
-    def __init__(self, path: str | Path) -> None:
-        """Open (creating if needed) the audit log at `path`; CatalogError if it is unreadable or corrupt."""
+    def __init__(self, path: str | Path, *, key: bytes | None = None) -> None:
+        """Open (creating if needed) the audit log at `path`; CatalogError if it is unreadable or corrupt.
+
+        With `key` the log is keyed (HMAC-SHA256): a new log is created keyed, and an existing one must have
+        been created with the same key. AuditKeyError when a keyed log is opened without its key, with
+        another key, or a plain log with a key.
+        """
         self.path = Path(path)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        self._key = key
+        self.mode = KEYED if key is not None else PLAIN
+        # Set by faceindex.anchor: called with (seq, hash) after every append, and asked for the anchored head
+        # that verify() checks when it is given none.
+        self.on_append: Callable[[int, str], None] | None = None
+        self.anchor: Callable[[], tuple[int, str] | None] | None = None
         try:
             db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -337,10 +378,32 @@ class AuditLog:
                     db.execute(statement)
                 # Only when the log is created: a head that disappears later must stay missing.
                 db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
+                info = {"mode": self.mode}
+                if self._key is not None:
+                    info["key_fingerprint"] = key_fingerprint(self._key)
+                db.executemany("INSERT OR IGNORE INTO audit_info (name, value) VALUES (?, ?)", info.items())
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # 1 -> 2: logs made before keyed mode are plain
+                db.execute(_INFO_TABLE)
+                db.execute("INSERT OR IGNORE INTO audit_info (name, value) VALUES ('mode', ?)", (PLAIN,))
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._check_mode(db)
             for name, statement in _TRIGGERS.items():
                 db.execute(f"DROP TRIGGER IF EXISTS {name}")
                 db.execute(statement)
+
+    def _check_mode(self, db: sqlite3.Connection) -> None:
+        info = dict(db.execute("SELECT name, value FROM audit_info").fetchall())
+        mode = info.get("mode", PLAIN)
+        if mode == KEYED and self._key is None:
+            raise AuditKeyError(
+                f"audit log {self.path} is keyed (HMAC): set FACEINDEX_AUDIT_KEY or FACEINDEX_AUDIT_KEY_FILE")
+        if mode == KEYED and self._key is not None and info.get("key_fingerprint") != key_fingerprint(self._key):
+            raise AuditKeyError(f"audit log {self.path} was keyed with a different key than the one configured")
+        if mode != KEYED and self._key is not None:
+            raise AuditKeyError(
+                f"an audit key is configured but audit log {self.path} is not keyed; start a keyed chain with "
+                "`faceindex audit reset --reason ...`")
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> AuditRecord:
@@ -372,9 +435,11 @@ class AuditLog:
         for name, value in (("action", action), ("actor", actor), ("role", role)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"audit {name} must be a non-empty string, not {value!r}")
+            check_text(value, f"audit {name}")  # no escape codes or bidi tricks reach an auditor's terminal
         for name, value in (("purpose", purpose), ("case_ref", case_ref)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"audit {name} must be a string or None, not {type(value).__name__}")
+            check_text(value, f"audit {name}", optional=True)
         if details is None:
             details = {}
         if not isinstance(details, Mapping):
@@ -400,13 +465,24 @@ class AuditLog:
                 case_ref=case_ref,
                 details=canonical,
                 prev_hash=prev_hash,
+                key=self._key,
             )
             db.execute(
                 f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash_),
             )
             db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, hash_))
+        # Committed (and fsync'd: synchronous=FULL) before anyone learns of it; then the copy of the head kept
+        # elsewhere follows. A crash in between leaves that copy one record behind, which is allowed.
+        if self.on_append is not None:
+            self.on_append(seq, hash_)
         return AuditRecord(seq, time, actor, role, action, purpose, case_ref, canonical, prev_hash, hash_)
+
+    def record_at(self, seq: int) -> AuditRecord | None:
+        """The record with sequence number `seq`, None when there is none."""
+        with self._lock, self._guard("read a record"):
+            row = self._conn().execute(f"SELECT {_COLUMNS} FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else self._record(row)
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -479,6 +555,8 @@ class AuditLog:
         naming the first record that cannot be trusted; see the module docstring for what each check can
         and cannot catch.
         """
+        if expected_head is None and self.anchor is not None:
+            expected_head = self.anchor()
         anchor = _check_anchor(expected_head) if expected_head is not None else None
         with self._lock, self._guard("verify"), self._transaction() as db:
             return self._verify(db, anchor)
@@ -522,7 +600,7 @@ class AuditLog:
                     expected_seq,
                     f"Sequence gap at record {expected_seq}: {missing} missing (deleted); {after}.",
                 )
-            content_ok = row.content_ok()
+            content_ok = row.content_ok(self._key)
             if row.prev_hash != (prev.hash if prev else ZERO_HASH):
                 first_bad, problem = self._diagnose_link(db, row, prev, content_ok)
                 return bad(BAD_LINK, first_bad, problem)

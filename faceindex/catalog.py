@@ -433,6 +433,25 @@ class Catalog:
                 out[r[0]] = FaceRecord(r[0], r[1], Box(*r[2:6]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         return out
 
+    def image_files(self, image_ids: list[int]) -> list[str]:
+        """Every file path that holds one of these images."""
+        out: list[str] = []
+        for chunk in _chunks(list(image_ids), 900):
+            out += [r[0] for r in self.db.execute(
+                f"SELECT path FROM files WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)]
+        return out
+
+    def image_sha256(self, image_id: int) -> str | None:
+        """The content hash an image was indexed with."""
+        row = self.db.execute("SELECT sha256 FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
+
+    def face_pixels(self, face_id: int) -> int:
+        """Pixels of the image a face is in (what serving its crop decodes); 0 for an unknown face."""
+        row = self.db.execute("SELECT i.width * i.height FROM faces f JOIN images i ON i.id = f.image_id "
+                              "WHERE f.id = ?", (face_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     def face_record(self, face_id: int) -> FaceRecord:
         rec = self.face_records([face_id]).get(face_id)
         if rec is None:
@@ -528,6 +547,11 @@ class Catalog:
         with self.transaction():
             if self.db.execute("DELETE FROM optouts WHERE reference=?", (reference,)).rowcount == 0:
                 raise NotFoundError(f"no opt-out with reference {reference!r}")
+
+    def optout_generation(self) -> tuple[int, int]:
+        """Changes whenever an opt-out is added or removed (count, highest id): cheap to poll per batch."""
+        row = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM optouts").fetchone()
+        return int(row[0]), int(row[1])
 
     def optout_templates(self, dim: int = 128) -> np.ndarray:
         blobs = [r[0] for r in self.db.execute("SELECT templates FROM optouts")]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Settings
-from .errors import EXIT_PARTIAL, FaceIndexError, NoFaceError, PolicyError
+from .errors import EXIT_PARTIAL, CatalogError, FaceIndexError, NoFaceError, PolicyError
+from .text import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Index the faces of your own photo collections and search them. Results are candidate "
@@ -85,7 +87,7 @@ def _open():
 
 
 def _fail(e: FaceIndexError) -> typer.Exit:
-    err.print(f"error: {e}", markup=False, highlight=False)
+    err.print(f"error: {shown(e)}", markup=False, highlight=False)
     return typer.Exit(e.exit_code)
 
 
@@ -178,12 +180,12 @@ def search(
                 raise _fail(e) from e
             except FaceIndexError as e:
                 failed = failed or e.exit_code
-                err.print(f"error: {e}", markup=False, highlight=False)
+                err.print(f"error: {shown(e)}", markup=False, highlight=False)
                 results_json.append({"probe": str(probe), "error": str(e), "code": type(e).__name__})
                 continue
             for n, r in enumerate(results):
                 if crops is not None:
-                    _write_crops(fi, crops, probe, n, r, crop_jpeg)
+                    _write_crops(fi, crops, probe, n, r, crop_jpeg, purpose, case)
                 if as_json:
                     results_json.append(_probe_json(r, n))
                 else:
@@ -196,7 +198,7 @@ def search(
         raise typer.Exit(failed)
 
 
-def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
+def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg, purpose: str | None, case: str | None) -> None:
     from . import images
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,8 @@ def _write_crops(fi, folder: Path, probe: Path, n: int, r, crop_jpeg) -> None:
     (folder / f"{stem}_probe.jpg").write_bytes(crop_jpeg(pixels, r.face.box))
     for m in r.matches:
         try:
-            (folder / f"{stem}_rank{m.rank:02d}_face{m.face_id}.jpg").write_bytes(fi.face_crop(m.face_id))
+            (folder / f"{stem}_rank{m.rank:02d}_face{m.face_id}.jpg").write_bytes(
+                fi.face_crop(m.face_id, purpose=purpose, case=case))
         except FaceIndexError as e:
             err.print(f"  no crop for face {m.face_id}: {e}", markup=False, highlight=False)
 
@@ -237,9 +240,9 @@ def _print_probe(r, n: int, floor: float) -> None:
     if not r.matches:
         out.print("  no faces in the gallery")
     for m in r.matches:
-        who = m.person_name or (f"person {m.person_id}" if m.person_id else "no person")
+        who = shown(m.person_name) if m.person_name else (f"person {m.person_id}" if m.person_id else "no person")
         out.print(f"  {m.rank:>2}. {m.similarity:.4f}  FMR {_fmr_text(m.fmr, floor):<16} "
-                  f"expected false {m.expected_false:<8.3g} {m.label:<18}  {who}  [{m.source}] {m.path}  "
+                  f"expected false {m.expected_false:<8.3g} {m.label:<18}  {who}  [{shown(m.source)}] {shown(m.path)}  "
                   f"box {m.box.as_list()}", markup=False, highlight=False)
 
 
@@ -312,9 +315,12 @@ def people(
     ] = False,
     min_faces: Annotated[int, typer.Option(min=1, help="list only people with at least this many faces")] = 2,
     limit: Annotated[int, typer.Option(min=1, help="list at most this many people")] = 50,
+    purpose: Purpose = None,
+    case: Case = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Group faces into people (new faces only, unless --full) and list them. Names, merges and splits stay.
+    """Group faces into people (new faces only, unless --full) and list them (audited). Names, merges and splits
+    stay.
 
     'weakest link' is the false-match rate of the weakest merge that formed a group: the share of different-person
     pairs that are as similar. The higher it is, the more a reviewer should check the group."""
@@ -322,10 +328,11 @@ def people(
         return
     with _open() as fi:
         if full or fi.catalog.get_meta("people_generation") != str(fi.catalog.generation):
-            fi.cluster(full=full)
+            fi.cluster(full=full, purpose=purpose, case=case)
             with fi.catalog.transaction():
                 fi.catalog.set_meta("people_generation", str(fi.catalog.generation))
-        found = fi.people(min_faces=min_faces, sort="weakest" if weakest else "size")[:limit]
+        found = fi.people(min_faces=min_faces, sort="weakest" if weakest else "size", purpose=purpose,
+                           case=case)[:limit]
     if as_json:
         _emit_json([{"id": p.id, "name": p.name, "faces": p.face_count, "images": p.image_count,
                      "cohesion": p.cohesion, "cohesion_fmr": p.cohesion_fmr} for p in found])
@@ -334,7 +341,7 @@ def people(
     for c in ("person", "name", "faces", "images", "weakest link (FMR)"):
         t.add_column(c)
     for p in found:
-        t.add_row(str(p.id), p.name or "-", str(p.face_count), str(p.image_count), _cohesion(p))
+        t.add_row(str(p.id), shown(p.name or "-"), str(p.face_count), str(p.image_count), _cohesion(p))
     out.print(t)
 
 
@@ -343,11 +350,12 @@ def _cohesion(p) -> str:
 
 
 @people_app.command("show")
-def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A person's faces and the images they are in."""
+def people_show(person_id: int, purpose: Purpose = None, case: Case = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A person's faces and the images they are in (audited)."""
     try:
         with _open() as fi:
-            p, faces = fi.person(person_id)
+            p, faces = fi.person(person_id, purpose=purpose, case=case)
     except FaceIndexError as e:
         raise _fail(e) from e
     if as_json:
@@ -355,24 +363,24 @@ def people_show(person_id: int, as_json: Annotated[bool, typer.Option("--json")]
             {"face_id": f.id, "path": f.path, "source": f.source, "box": f.box.as_list(),
              "quality": round(f.quality, 3)} for f in faces]})
         return
-    out.print(f"person {p.id} ({p.name or 'unnamed'}): {p.face_count} faces in {p.image_count} images; "
+    out.print(f"person {p.id} ({shown(p.name or 'unnamed')}): {p.face_count} faces in {p.image_count} images; "
               f"weakest link: FMR {_cohesion(p)}", markup=False, highlight=False)
     for f in faces:
-        out.print(f"  face {f.id}  {f.path}  box {f.box.as_list()}  quality {f.quality:.2f}", markup=False,
+        out.print(f"  face {f.id}  {shown(f.path)}  box {f.box.as_list()}  quality {f.quality:.2f}", markup=False,
                   highlight=False)
 
 
 @people_app.command("name")
-def people_name(person_id: int, name: str) -> None:
-    """Give a person a name (kept when people are re-clustered)."""
+def people_name(person_id: int, name: str, purpose: Purpose = None, case: Case = None) -> None:
+    """Give a person a name (kept when people are re-clustered; audited)."""
     try:
         with _open() as fi:
-            fi.name_person(person_id, name)
+            fi.name_person(person_id, name, purpose=purpose, case=case)
     except FaceIndexError as e:
         raise _fail(e) from e
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    out.print(f"person {person_id} is now named {name!r}", markup=False, highlight=False)
+    out.print(f"person {person_id} is now named {shown(name)!r}", markup=False, highlight=False)
 
 
 # --- remove / stats ----------------------------------------------------------------------------------------------
@@ -408,7 +416,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     t = Table(show_header=False, show_edge=False)
     for k, v in s.items():
         if k == "sources_list":
-            v = ", ".join(f"{x['name']} ({x['files']} files)" for x in v) or "-"
+            v = ", ".join(f"{shown(x['name'])} ({x['files']} files)" for x in v) or "-"
         elif k == "disk_bytes":
             k, v = "disk", f"{v / 1e6:.1f} MB"
         t.add_row(k, str(v))
@@ -436,7 +444,7 @@ def optout_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         _emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r['reference']}  {r['created_at']}  by {r['actor']}  {r['templates']} template(s)  "
+        out.print(f"{shown(r['reference'])}  {r['created_at']}  by {shown(r['actor'])}  {r['templates']} template(s)  "
                   f"{r['receipt']['faces_removed']} faces removed", markup=False, highlight=False)
     if not rows:
         out.print("no opt-outs registered")
@@ -447,16 +455,17 @@ def optout_remove(reference: Annotated[str, typer.Argument(help="the opt-out's r
     """Withdraw an opt-out (audited). Faces deleted earlier are not restored."""
     with _open() as fi:
         fi.optout_remove(reference)
-    out.print(f"opt-out {reference} withdrawn", markup=False, highlight=False)
+    out.print(f"opt-out {shown(reference)} withdrawn", markup=False, highlight=False)
 
 
 @app.command()
 def access(photos: Photos, reference: Reference,
            out_dir: Annotated[Path, typer.Option("--out", help="folder for the JSON and HTML reports")] = Path("."),
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Answer a subject access request: every face held that matches the person (JSON + HTML report)."""
+    """Answer a subject access request: every face held that matches the person (JSON + HTML report). Recorded
+    with the purpose "data-subject-request" under the request's reference."""
     with _open() as fi:
-        report = fi.access(photos, reference, out_dir)
+        report = fi.access(photos, reference, out_dir, purpose="data-subject-request")
     if as_json:
         _emit_json(report)
         return
@@ -484,30 +493,100 @@ def _receipt(receipt: dict, as_json: bool, headline: str) -> None:
 
 
 # --- audit -------------------------------------------------------------------------------------------------------
+@contextmanager
+def _audit_files():
+    """The catalog and the audit log's path and key, opened without the cross-check that refuses a broken log:
+    the audit commands are how an operator looks at one. Only roles allowed to audit may."""
+    from . import anchor
+    from .catalog import Catalog
+    from .policy import check_permission
+
+    check_permission(state.settings.role, "audit")
+    data = state.settings.resolved_data()
+    if not (data / "catalog.db").is_file():
+        raise CatalogError(f"no data folder at {data} (no catalog.db)")
+    catalog = Catalog(data / "catalog.db")
+    try:
+        yield catalog, data / "audit.db", anchor.load_key(state.settings)
+    finally:
+        catalog.close()
+
+
 @audit_app.command("verify")
 def audit_verify(
     head: Annotated[str | None, typer.Option(help="anchored head SEQ:HASH kept elsewhere, to detect rewrites")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check the hash chain; names the first bad record. Exit 1 when the log was tampered with."""
-    anchor = None
+    """Check the hash chain against the head the catalog recorded (and --head, if given); names the first bad
+    record. Exit 1 when the log was tampered with, deleted, emptied or truncated."""
+    from . import anchor
+
+    expected = None
     if head:
         seq, _, digest = head.partition(":")
         if not seq.isdigit() or len(digest) != 64:
             raise typer.BadParameter("--head must be SEQ:SHA256HEX")
-        anchor = (int(seq), digest)
-    with _open() as fi:
-        res = fi.audit_verify(anchor)
-        seq, digest = fi.audit.head()
+        expected = (int(seq), digest)
+    try:
+        with _audit_files() as (catalog, path, key):
+            res, log_head = anchor.verify(catalog, path, key, expected)
+            anchored = anchor.read_anchor(catalog)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    head_text = f"{log_head[0]}:{log_head[1]}" if log_head else None
     if as_json:
         _emit_json({"ok": res.ok, "records": res.records_checked, "first_bad_seq": res.first_bad_seq,
-                    "problem": res.problem, "head": f"{seq}:{digest}"})
+                    "problem": res.problem, "kind": res.kind, "head": head_text,
+                    "anchored": f"{anchored[0]}:{anchored[1]}" if anchored else None})
     elif res.ok:
-        out.print(f"audit log intact: {res.records_checked} records; head {seq}:{digest}", markup=False)
+        out.print(f"audit log intact: {res.records_checked} records; head {head_text}", markup=False)
     else:
-        err.print(f"audit log TAMPERED: {res.problem}", markup=False, highlight=False)
+        err.print(f"audit log TAMPERED: {shown(res.problem)}", markup=False, highlight=False)
     if not res.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the audit head SEQ:HASH for an external notary (a ticket, a signed mail, write-once storage);
+    check it later with `audit verify --head SEQ:HASH`."""
+    from . import anchor
+
+    try:
+        with _audit_files() as (catalog, path, key), anchor.open_audit(catalog, path, key) as log:
+            seq, digest = log.head()
+            mode = log.mode
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    if as_json:
+        _emit_json({"head": f"{seq}:{digest}", "seq": seq, "hash": digest, "mode": mode,
+                    "time": datetime.now(UTC).isoformat(timespec="seconds")})
+    else:
+        out.print(f"{seq}:{digest}", markup=False, highlight=False)
+
+
+@audit_app.command("reset")
+def audit_reset(
+    reason: Annotated[str, typer.Option(help="why the log is being reset (recorded in the new chain's first record)")],
+) -> None:
+    """Start a new audit chain after the log was found missing, emptied, truncated or rewritten (or to switch to a
+    keyed chain). The old file is kept aside, and record 1 of the new chain names the old head and the reason.
+    Stop the server first."""
+    from . import anchor
+    from .policy import check_permission
+
+    try:
+        check_permission(state.settings.role, "policy")
+        with _audit_files() as (catalog, path, key):
+            rec = anchor.reset(catalog, path, key, reason, actor=state.settings.actor, role=state.settings.role)
+    except FaceIndexError as e:
+        raise _fail(e) from e
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    kept = rec.details.get("old_log_kept_as")
+    out.print(f"new audit chain started: record {rec.seq} ({rec.action}) {rec.hash}; the catalog had anchored "
+              f"{rec.details.get('anchored_head') or 'nothing'}; found {shown(rec.details.get('found'))}"
+              + (f"; old log kept as {kept}" if kept else ""), markup=False, highlight=False)
 
 
 @audit_app.command("show")
@@ -528,8 +607,10 @@ def audit_show(
     for r in rows:
         d = r.details
         extra = f"  results {sum(len(x) for x in d['results'])}" if isinstance(d.get("results"), list) else ""
-        out.print(f"#{r.seq} {r.time} {r.actor} ({r.role}) {r.action}  purpose={r.purpose or '-'} "
-                  f"case={r.case_ref or '-'}{extra}", markup=False, highlight=False)
+        # Stored text is escaped: whatever an older version let in, no escape code reaches the terminal.
+        out.print(f"#{r.seq} {shown(r.time)} {shown(r.actor)} ({shown(r.role)}) {shown(r.action)}  "
+                  f"purpose={shown(r.purpose or '-')} case={shown(r.case_ref or '-')}{extra}",
+                  markup=False, highlight=False)
 
 
 # --- sources, retention, policy ------------------------------------------------------------------------------------
@@ -554,7 +635,7 @@ def source_add(
     """Register a source (or change its basis, retention or notice)."""
     with _open() as fi:
         s = fi.set_source(name, basis, _days(retention), notice)
-    out.print(f"source {s['name']}: basis {s['basis']}, retention "
+    out.print(f"source {shown(s['name'])}: basis {s['basis']}, retention "
               f"{str(s['retention_days']) + ' days' if s['retention_days'] else 'none'}", markup=False)
 
 
@@ -567,7 +648,7 @@ def source_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         _emit_json(rows)
         return
     for s in rows:
-        out.print(f"{s['name']}: basis {s['basis']}, {s['files']} files, retention "
+        out.print(f"{shown(s['name'])}: basis {shown(s['basis'])}, {s['files']} files, retention "
                   f"{s['retention_days'] or '-'} days, next expiry {s['next_expiry'] or '-'}", markup=False)
 
 
@@ -644,7 +725,7 @@ def keys_create(
     if as_json:
         _emit_json({"id": key_id, "name": name, "role": role, "token": token})
     else:
-        out.print(f"key {key_id} ({role}, {name}): {token}\nstore it now: it cannot be shown again", markup=False)
+        out.print(f"key {key_id} ({role}, {shown(name)}): {token}\nstore it now: it cannot be shown again", markup=False)
 
 
 @keys_app.command("list")
@@ -657,7 +738,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for k in rows:
         state = f"revoked {k['revoked_at']}" if k["revoked_at"] else f"last used {k['last_used_at'] or 'never'}"
-        out.print(f"{k['id']}  {k['role']:<16} {k['name']}  fi_{k['prefix']}_…  {state}", markup=False)
+        out.print(f"{k['id']}  {k['role']:<16} {shown(k['name'])}  fi_{k['prefix']}_…  {state}", markup=False)
 
 
 @keys_app.command("revoke")
@@ -682,7 +763,10 @@ def serve(
     settings = state.settings
     if ingest_root:
         settings = settings.model_copy(update={"ingest_roots": [p.resolve() for p in ingest_root]})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    # Slow clients cannot hold connections for ever: idle keep-alives close after 5 s and connections beyond
+    # max_connections get 503. Header and body read timeouts belong to a reverse proxy (docs/security.md).
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+                timeout_keep_alive=5, limit_concurrency=settings.max_connections)
 
 
 def main() -> None:
@@ -690,13 +774,13 @@ def main() -> None:
     try:
         app()
     except NoFaceError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(e.exit_code)
     except FaceIndexError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(e.exit_code)
     except ValueError as e:  # bad parameters reaching the engine
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {shown(e)}", markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; everything indexed so far is kept")

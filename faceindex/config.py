@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,16 +42,40 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["auto", "exact", "hnsw", "ivf"] = Field(
         default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw above")
-    ef_search: int = Field(default=96, ge=8, le=4096,
+    ef_search: int = Field(default=192, ge=8, le=4096,
                            description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
-    rate_limit: int = Field(default=120, ge=1, description="requests per minute per API key (server)")
+    rate_limit: int = Field(
+        default=120, ge=1, description="work units per minute per user (server): a request is 1, each 2 megapixels "
+                                       "decoded 1 more, each 100 faces returned 1 more; a user's keys share it")
+    keep_uploads: bool = Field(
+        default=False, description="keep photos uploaded to the server in <data>/uploads after they are indexed "
+                                   "(their crops and photos can then be shown); erase deletes a person's either way")
+    max_pending: int = Field(
+        default=8, ge=1, description="engine requests (searches, uploads) running or waiting at once before 503")
+    max_connections: int = Field(default=200, ge=1, description="open connections before 503 (server)")
+    api_docs: bool = Field(
+        default=False, description="serve the interactive API docs at /docs (its page loads scripts from a CDN)")
+    auth_failure_limit: int = Field(
+        default=30, ge=1, description="failed authentications per minute per client address before 429 (server)")
     ingest_roots: list[Path] = Field(
         default_factory=list, description="server-side folders the server may ingest from (none by default)")
     actor: str = Field(default_factory=lambda: _user(), min_length=1, description="who is acting (audit trail)")
     role: Literal["owner", "admin", "investigator", "auditor", "privacy-officer"] = Field(
         default="owner", description="the actor's role; the local operator owns the data folder")
+
+    audit_key: SecretStr | None = Field(
+        default=None, description="key of a keyed (HMAC) audit chain (FACEINDEX_AUDIT_KEY); keep it out of the data folder")
+    audit_key_file: Path | None = Field(
+        default=None, description="file holding the audit key (FACEINDEX_AUDIT_KEY_FILE), outside the data folder")
+
+    @field_validator("actor")
+    @classmethod
+    def _clean_actor(cls, value: str) -> str:
+        from .text import check_text
+
+        return check_text(value, "the actor (FACEINDEX_ACTOR)")
 
     def resolved_data(self) -> Path:
         return self.data.expanduser().resolve()

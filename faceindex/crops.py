@@ -13,26 +13,28 @@ from .errors import ImageError, NotFoundError
 from .types import Box
 
 if TYPE_CHECKING:
+    from .catalog import FaceRecord
     from .engine import FaceIndex
 
 
-def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3) -> bytes:
-    """A JPEG crop of a stored face, read from its source file."""
-    rec = fi.catalog.face_record(face_id)
-    try:
-        pixels = search.load(fi, rec.path).pixels
-    except ImageError as e:
-        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
-    return crop_jpeg(pixels, rec.box, size, margin)
+def face_crop(fi: FaceIndex, face_id: int, size: int = 160, margin: float = 0.3, *, purpose: str | None = None,
+              case: str | None = None, audit: bool = True) -> bytes:
+    """A JPEG crop of a stored face, read from its source file. Audited ("face.crop" with the purpose and case),
+    unless `audit` is False for a caller whose own record names the face (a subject access report's thumbnails)."""
+    rec = _servable(fi, face_id)
+    pixels = _read_source(fi, face_id, rec)
+    data = crop_jpeg(pixels, rec.box, size, margin)
+    if audit:
+        fi._record("face.crop", purpose, case, {"face_ids": [face_id], "size": size})
+    return data
 
 
-def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600) -> bytes:
-    """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG)."""
-    rec = fi.catalog.face_record(face_id)
-    try:
-        pixels = search.load(fi, rec.path).pixels
-    except ImageError as e:
-        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600, *, purpose: str | None = None,
+                  case: str | None = None) -> bytes:
+    """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG). Audited."""
+    rec = _servable(fi, face_id)
+    pixels = _read_source(fi, face_id, rec)
+    fi._record("face.image", purpose, case, {"face_ids": [face_id], "image_id": rec.image_id})
     img = Image.fromarray(pixels)
     scale = min(1.0, max_side / max(img.size))
     if scale < 1:
@@ -42,6 +44,28 @@ def face_in_image(fi: FaceIndex, face_id: int, max_side: int = 1600) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+def _read_source(fi: FaceIndex, face_id: int, rec: FaceRecord) -> np.ndarray:
+    """The pixels of the face's source file, only if it still holds the content that was indexed: a file swapped
+    since (for a link to a file outside the ingest roots, say) is never served."""
+    try:
+        loaded = search.load(fi, rec.path)
+    except ImageError as e:
+        raise NotFoundError(f"the source image of face {face_id} is not readable any more") from e
+    if loaded.sha256 != fi.catalog.image_sha256(rec.image_id):
+        raise NotFoundError(f"the source image of face {face_id} has changed since it was indexed")
+    return loaded.pixels
+
+
+def _servable(fi: FaceIndex, face_id: int) -> FaceRecord:
+    """The face's record; NotFoundError, as for a face that does not exist, when it matches an opt-out."""
+    from .privacy import opted_out
+
+    rec = fi.catalog.face_record(face_id)
+    if opted_out(fi, [face_id]):
+        raise NotFoundError(f"no face {face_id}")
+    return rec
 
 
 def crop_jpeg(pixels: np.ndarray, box: Box, size: int = 160, margin: float = 0.3) -> bytes:

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import anchor as anchoring
 from . import calibration as calib
 from . import crops, ingest, keys, people, privacy, search
 from . import policy as policies
-from .audit import AuditLog
 from .audit import key_actor as key_actor  # re-exported for the server
 from .catalog import Catalog, FaceRecord
 from .config import Settings
 from .crops import crop_jpeg as crop_jpeg  # re-exported: the CLI writes crops of search results
-from .errors import AccessDenied, EvaluationError, PolicyError
+from .errors import AccessDenied, EvaluationError, FaceIndexError, PolicyError
 from .models.dlib import RESNET_SPEC
 from .pipeline import FacePipeline
 from .search import ImageInput
@@ -71,7 +71,11 @@ class FaceIndex:
         self._pipeline = None
         self._lock = threading.RLock()
         self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
-        self.audit = AuditLog(self.data / AUDIT_FILE)
+        try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
+            self.audit = anchoring.open_audit(self.catalog, self.data / AUDIT_FILE, anchoring.load_key(settings))
+        except FaceIndexError:
+            self.catalog.close()
+            raise
         self.policy, sha = policies.load(self.data)
         if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
             self._record("policy.change", details={"how": "policy file changed outside faceindex",
@@ -193,22 +197,25 @@ class FaceIndex:
         return search.compare(self, fa, fb, name_a, name_b)
 
     # --- people ------------------------------------------------------------------------------------------------
-    def cluster(self, full: bool = False) -> list[Person]:
+    def cluster(self, full: bool = False, *, purpose: str | None = None, case: str | None = None) -> list[Person]:
         """Group searchable faces into people: new faces only, or all with `full`; names, reviewers' merges and
-        splits stay."""
-        return people.cluster(self, full)
+        splits stay. Audited."""
+        return people.cluster(self, full, purpose=purpose, case=case)
 
-    def people(self, limit: int | None = None, min_faces: int = 1, sort: str = "size") -> list[Person]:
-        """People by size, largest first; sort="weakest": least cohesive first (for review)."""
-        return people.people(self, limit, min_faces, sort)
+    def people(self, limit: int | None = None, min_faces: int = 1, sort: str = "size", *,
+               purpose: str | None = None, case: str | None = None, audit: bool = True) -> list[Person]:
+        """People by size, largest first; sort="weakest": least cohesive first (for review). Audited."""
+        return people.people(self, limit, min_faces, sort, purpose=purpose, case=case, audit=audit)
 
-    def person(self, person_id: int) -> tuple[Person, list[FaceRecord]]:
-        """A person and their faces."""
-        return people.person(self, person_id)
+    def person(self, person_id: int, *, purpose: str | None = None, case: str | None = None,
+               audit: bool = True) -> tuple[Person, list[FaceRecord]]:
+        """A person and their faces. Audited."""
+        return people.person(self, person_id, purpose=purpose, case=case, audit=audit)
 
-    def name_person(self, person_id: int, name: str | None) -> None:
-        """Name (or, with None, unname) a person; names survive re-clustering."""
-        people.name_person(self, person_id, name)
+    def name_person(self, person_id: int, name: str | None, *, purpose: str | None = None,
+                    case: str | None = None) -> None:
+        """Name (or, with None, unname) a person; names survive re-clustering. Audited."""
+        people.name_person(self, person_id, name, purpose=purpose, case=case)
 
     def merge_people(self, person_ids: list[int]) -> Person:
         """Merge people into the first one given; refused when two of them appear in one photo."""
@@ -236,9 +243,11 @@ class FaceIndex:
         """Withdraw an opt-out (its faces are not restored; new photos will be indexed again). Audited."""
         privacy.optout_remove(self, reference)
 
-    def access(self, photos: list[ImageInput], reference: str, out_dir: Path | None = None) -> dict:
-        """Answer a subject access request: every face held that matches the person, with its provenance."""
-        return privacy.access(self, photos, reference, out_dir)
+    def access(self, photos: list[ImageInput], reference: str, out_dir: Path | None = None, *,
+               purpose: str | None = None) -> dict:
+        """Answer a subject access request (purpose must be "data-subject-request"): every face held that
+        matches the person, with its provenance (source, basis, file name; never the server's paths)."""
+        return privacy.access(self, photos, reference, out_dir, purpose=purpose)
 
     def erase(self, photos: list[ImageInput], reference: str, out_dir: Path | None = None) -> dict:
         """Access + deletion + opt-out in one step; returns the receipt."""
@@ -324,13 +333,15 @@ class FaceIndex:
         return self.audit.query(**filters)
 
     # --- crops and stats ---------------------------------------------------------------------------------------
-    def face_crop(self, face_id: int, size: int = 160, margin: float = 0.3) -> bytes:
-        """A JPEG crop of a stored face, read from its source file."""
-        return crops.face_crop(self, face_id, size, margin)
+    def face_crop(self, face_id: int, size: int = 160, margin: float = 0.3, *, purpose: str | None = None,
+                  case: str | None = None, audit: bool = True) -> bytes:
+        """A JPEG crop of a stored face, read from its source file. Audited."""
+        return crops.face_crop(self, face_id, size, margin, purpose=purpose, case=case, audit=audit)
 
-    def face_in_image(self, face_id: int, max_side: int = 1600) -> bytes:
-        """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG)."""
-        return crops.face_in_image(self, face_id, max_side)
+    def face_in_image(self, face_id: int, max_side: int = 1600, *, purpose: str | None = None,
+                      case: str | None = None) -> bytes:
+        """The source image of a face, downscaled to `max_side`, with the face outlined (JPEG). Audited."""
+        return crops.face_in_image(self, face_id, max_side, purpose=purpose, case=case)
 
     def stats(self) -> dict:
         """Counts, sources, model, index kind and size of the data folder."""

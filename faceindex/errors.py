@@ -33,6 +33,19 @@ class CatalogError(FaceIndexError):
     exit_code = 74  # EX_IOERR
 
 
+class AuditTrailError(CatalogError):
+    """The audit log is missing, emptied, behind or rewritten compared with the head the catalog recorded, so
+    nothing may run until an operator looks (`faceindex audit verify`) and, deliberately, `audit reset`s."""
+
+    exit_code = 8
+
+
+class AuditKeyError(AuditTrailError):
+    """A keyed audit log opened without its key, with another key, or a plain log opened with a key."""
+
+    exit_code = 8
+
+
 class NotFoundError(CatalogError):
     """A person, face, image or source that does not exist."""
 

@@ -27,8 +27,12 @@ class Loaded:
     size: int  # bytes
 
 
-def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """Read a regular file, refusing anything else with a clear ImageError."""
+def read_bytes(path: str | os.PathLike, max_bytes: int, within: list[str] | None = None) -> bytes:
+    """Read a regular file, refusing anything else with a clear ImageError.
+
+    With `within` (real paths of allowed folders), the file actually opened must lie inside one of them: its open
+    descriptor's real path is checked, so a file swapped for a link after an earlier check is refused.
+    """
     p = os.fspath(path)
     try:
         st = os.stat(p)  # follows symlinks: a loop or dangling link fails here
@@ -42,6 +46,10 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
         raise ImageError(f"file too large ({st.st_size} bytes > limit {max_bytes})")
     try:
         with open(p, "rb") as f:
+            if within is not None:
+                real = os.path.realpath(f"/proc/self/fd/{f.fileno()}")
+                if not any(os.path.commonpath([real, r]) == r for r in within):
+                    raise ImageError("outside the allowed ingest roots: refused")
             return f.read()
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from e
@@ -49,6 +57,10 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# A 1 x 60,000,000 "image" is within any pixel budget but is no photo, and decoding it costs seconds and gigabytes.
+MAX_ASPECT = 25
 
 
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
@@ -64,6 +76,8 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageError("image has no pixels")
             if w * h > max_pixels:
                 raise ImageError(f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                raise ImageError(f"image is {w}x{h}: an aspect ratio over {MAX_ASPECT}:1 is refused (not a photo)")
             img.load()  # first frame only for GIF / multi-page TIFF
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)

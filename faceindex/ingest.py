@@ -13,6 +13,7 @@ from . import images, privacy
 from .errors import ImageError, PolicyError
 from .pipeline import FileFailure, ImageResult, analyse_files
 from .search import matches_any
+from .text import check_text
 from .types import AddReport, FileError
 
 if TYPE_CHECKING:
@@ -37,11 +38,13 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     report = AddReport(source=source)
     emit = progress or (lambda _event, _info: None)
     fi.catalog.check_model(fi.spec.key)
+    source = check_text(source, "a source name")
     source_id = fi.catalog.source_id(source, create=True)
     if fi.policy.require_source_basis and privacy.get_source(fi, source)["basis"] == "unspecified":
         raise PolicyError(f"source {source!r} has no legal basis; register it with "
                           f"`faceindex source add {source} --basis ...`")
     _ = fi.index  # load (and repair) before we change anything
+    optout_gen = fi.catalog.optout_generation()
     optouts = fi.catalog.optout_templates(fi.spec.dim)
     optout_threshold = privacy.optout_threshold(fi)
 
@@ -53,7 +56,9 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     if within is not None:  # server-side ingest: nothing outside the allowed roots, symlinks included
         roots = [os.path.realpath(r) for r in within]
         inside = [f for f in files if _is_within(os.path.realpath(f), roots)]
-        report.errors += [FileError(str(f), "outside the allowed ingest roots") for f in files if f not in inside]
+        # Name only the link that leads outside (a file link, or a folder link once), never what lies behind it.
+        refused = sorted({_exit_point(Path(f), roots) for f in files if f not in inside})
+        report.errors += [FileError(p, "outside the allowed ingest roots") for p in refused]
         files = inside
     report.files_seen = len(files)
     emit("scan", {"files": len(files)})
@@ -75,7 +80,8 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
             emit("file", {"path": path, "skipped": True})
             continue
         try:
-            data = images.read_bytes(path, fi.settings.max_file_bytes)
+            data = images.read_bytes(path, fi.settings.max_file_bytes,
+                                     [os.path.realpath(r) for r in within] if within is not None else None)
         except ImageError as e:
             report.errors.append(FileError(path, str(e)))
             emit("file", {"path": path, "error": True})
@@ -90,6 +96,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
             emit("file", {"path": path, "skipped": True})
             continue
         by_sha.setdefault(sha, []).append((path, st.st_size, st.st_mtime_ns))
+    checked_sha = {group[0][0]: sha for sha, group in by_sha.items()}
     for group in by_sha.values():
         todo.append(group[0])
     duplicates = {group[0][0]: group[1:] for group in by_sha.values() if len(group) > 1}
@@ -101,10 +108,22 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     last_flush = last_checkpoint = time.monotonic()
 
     def flush() -> None:
+        nonlocal optouts, optout_gen
         with fi.catalog.transaction():
+            # An opt-out (or erasure) registered while this job runs reaches the very next batch: re-read the
+            # templates inside the write transaction, where no opt-out can commit behind our back.
+            gen = fi.catalog.optout_generation()
+            if gen != optout_gen:
+                optouts, optout_gen = fi.catalog.optout_templates(fi.spec.dim), gen
             added_ids, added_vecs, removed_all = [], [], []
             for r in pending:
                 size, mtime = stat_of[r.path]
+                if within is not None and r.sha256 != checked_sha[r.path]:
+                    # what the analysis read is not what was checked to lie inside the roots: swapped meanwhile
+                    report.errors.append(FileError(r.path, "changed while being indexed: refused"))
+                    report.images_indexed -= 1
+                    report.faces_found -= len(r.faces)
+                    continue
                 faces = r.faces
                 if len(optouts) and faces:  # opted-out people are never indexed, whatever the source
                     blocked = matches_any(np.stack([f.embedding for f in faces]), optouts, optout_threshold)
@@ -121,6 +140,9 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
                     fi.catalog.put_file(source_id, dup_path, image_id, dsize, dmtime)
                     report.moved_or_copied += 1
         fi.vectors.apply(added_ids, added_vecs, removed_all)
+        # One record per committed batch: after a crash the log still says what the catalog holds.
+        fi._record("ingest.batch", details={"source": source, "images": len(pending), "face_ids": added_ids,
+                                            "generation": fi.catalog.generation})
         pending.clear()
 
     try:
@@ -164,6 +186,15 @@ def remove(fi: FaceIndex, path: str | os.PathLike, source: str | None = None) ->
     fi._record("delete", details={"path": os.path.abspath(path), "source": source, **result,
                                     "face_ids": face_ids, "gallery": fi._gallery_state()})
     return result
+
+
+def _exit_point(path: Path, roots: list[str]) -> str:
+    """The outermost part of `path` whose real location is outside `roots` (the link that leads out)."""
+    for parent in reversed(path.parents):
+        if parent != parent.parent and not _is_within(os.path.realpath(parent), roots) and \
+                _is_within(os.path.realpath(parent.parent), roots):
+            return str(parent)
+    return str(path)
 
 
 def _is_within(path: str, roots: list[str]) -> bool:

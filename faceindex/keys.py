@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from . import policy as policies
 from .errors import AccessDenied
 from .privacy import check_reference
+from .text import check_identity, identity_key
 
 if TYPE_CHECKING:
     from .engine import FaceIndex
@@ -21,12 +22,17 @@ def create_key(fi: FaceIndex, name: str, role: str) -> tuple[int, str]:
     fi._allow("keys")
     if role not in policies.PERMISSIONS or role == "owner":
         raise ValueError(f"unknown role {role!r}; one of: admin, investigator, auditor, privacy-officer")
-    if not name.strip():
-        raise ValueError("a key needs a name")
+    # A name is an identity: plain characters (no "alice (key 2)" look-alike of another actor string), and one
+    # spelling per identity (no "Alice" beside "alice"). Several keys may share a name: they are one user.
+    name = check_identity(name)
+    for other in fi.catalog.keys():  # noqa: SIM118 (a method, not a dict)
+        if identity_key(other["name"]) == identity_key(name) and other["name"] != name:
+            raise ValueError(f"key name {name!r} reads like the existing key name {other['name']!r}")
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    key_id = fi.catalog.add_key(name.strip(), role, prefix, _sha256(secret), fi.settings.actor)
-    fi._record("key.create", details={"key_id": key_id, "name": name, "role": role, "prefix": prefix})
+    key_id = fi.catalog.add_key(name, role, prefix, _sha256(secret), fi.settings.actor)
+    fi._record("key.create", details={"key_id": key_id, "name": name, "role": role, "prefix": prefix,
+                                      "created_by": fi.settings.actor})
     return key_id, f"fi_{prefix}_{secret}"
 
 

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from . import people_store
+from . import people_store, privacy
 from .cluster import Threshold, group_faces, knn_graph
 from .errors import CatalogError, PolicyError
+from .text import check_text
 from .types import Person
 
 if TYPE_CHECKING:
@@ -139,11 +140,15 @@ def _mean_links(fi, face_sets: list[list[int]]) -> float:
     return worst
 
 
-def cluster(fi: FaceIndex, full: bool = False) -> list[Person]:
-    """Group faces into people (see `run`) and list them."""
+def cluster(fi: FaceIndex, full: bool = False, *, purpose: str | None = None,
+            case: str | None = None) -> list[Person]:
+    """Group faces into people (see `run`) and list them. Audited."""
     fi._allow("people")
-    run(fi, full)
-    return people(fi)
+    summary = run(fi, full)
+    found = people(fi, audit=False)
+    fi._record("people.cluster", purpose, case, {"people": len(found), **summary,
+                                                  "gallery": fi._gallery_state()})
+    return found
 
 
 def _person(fi: FaceIndex, pid: int, name: str | None, n_faces: int, n_images: int, samples: tuple[int, ...],
@@ -154,33 +159,47 @@ def _person(fi: FaceIndex, pid: int, name: str | None, n_faces: int, n_images: i
 
 
 def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1,
-           sort: Literal["size", "weakest"] = "size") -> list[Person]:
-    """People by size, largest first; or, with sort="weakest", the least cohesive first (to review)."""
+           sort: Literal["size", "weakest"] = "size", *, purpose: str | None = None, case: str | None = None,
+           audit: bool = True) -> list[Person]:
+    """People by size, largest first; or, with sort="weakest", the least cohesive first (to review). Audited (one
+    record naming the people listed), unless `audit` is False for a caller that records the listing itself."""
     fi._allow("people")
     samples = fi.catalog.sample_faces()
+    hidden = privacy.opted_out(fi, [f for s in samples.values() for f in s])
     coh = people_store.cohesion(fi.catalog)
     rows = fi.catalog.people(None if sort == "weakest" else limit)
-    out = [_person(fi, pid, name, n_faces, n_images, tuple(samples.get(pid, ())), coh.get(pid))
+    out = [_person(fi, pid, name, n_faces, n_images, tuple(f for f in samples.get(pid, ()) if f not in hidden),
+                   coh.get(pid))
            for pid, name, n_faces, n_images in rows if n_faces >= min_faces]
     if sort == "weakest":
         out.sort(key=lambda p: (p.cohesion if p.cohesion is not None else 2.0, -p.face_count, p.id))
         out = out[:limit] if limit else out
+    if audit:
+        fi._record("people.list", purpose, case, {"people": [p.id for p in out], "min_faces": min_faces})
     return out
 
 
-def person(fi: FaceIndex, person_id: int) -> tuple[Person, list[FaceRecord]]:
+def person(fi: FaceIndex, person_id: int, *, purpose: str | None = None, case: str | None = None,
+           audit: bool = True) -> tuple[Person, list[FaceRecord]]:
+    """A person and their faces. Audited (the face ids shown)."""
     fi._allow("people")
     name, faces = fi.catalog.person(person_id)
+    hidden = privacy.opted_out(fi, [f.id for f in faces])
+    faces = [f for f in faces if f.id not in hidden]
+    if audit:
+        fi._record("people.show", purpose, case, {"person_id": person_id, "face_ids": [f.id for f in faces]})
     coh = people_store.cohesion(fi.catalog, [person_id]).get(person_id)
     return _person(fi, person_id, name, len(faces), len({f.image_id for f in faces}),
                    tuple(f.id for f in faces[:8]), coh), faces
 
 
-def name_person(fi: FaceIndex, person_id: int, name: str | None) -> None:
+def name_person(fi: FaceIndex, person_id: int, name: str | None, *, purpose: str | None = None,
+                case: str | None = None) -> None:
+    """Name a person (None removes the name). Audited."""
     fi._allow("people")
-    if name is not None and not name.strip():
-        raise ValueError("a name must not be empty")
-    fi.catalog.name_person(person_id, name.strip() if name else None)
+    name = check_text(name, "a person's name", optional=True)
+    fi.catalog.name_person(person_id, name)
+    fi._record("people.name", purpose, case, {"person_id": person_id, "name": name})
 
 
 def merge_people(fi: FaceIndex, person_ids: list[int]) -> Person:
@@ -214,7 +233,7 @@ def merge_people(fi: FaceIndex, person_ids: list[int]) -> Person:
             if name:
                 fi.catalog.name_person(target, name)
     fi._record("people.merge", details={"into": target, "merged": ids[1:]})
-    return fi.person(target)[0]
+    return fi.person(target, audit=False)[0]
 
 
 def split_person(fi: FaceIndex, person_id: int, face_ids: list[int]) -> Person:
@@ -236,7 +255,7 @@ def split_person(fi: FaceIndex, person_id: int, face_ids: list[int]) -> Person:
         people_store.store(fi.catalog, [(new, part, _internal(fi, part)), (person_id, rest, _internal(fi, rest))],
                            replace=False)
     fi._record("people.split", details={"from": person_id, "to": new, "face_ids": face_ids})
-    return fi.person(new)[0]
+    return fi.person(new, audit=False)[0]
 
 
 def _sums(fi: FaceIndex, faces: list[int]) -> tuple[np.ndarray, int]:

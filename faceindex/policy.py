@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import PolicyError
+from .text import check_text
 
 POLICY_FILE = "policy.json"
 BASES = ("consent", "owner", "contract", "legal-obligation", "vital-interest", "public-interest",
@@ -46,6 +47,12 @@ class Policy(BaseModel):
     access_fmr: float = Field(default=1e-2, gt=0, lt=1, description="subject-access / erasure matching threshold")
 
     def check_purpose(self, purpose: str | None, case: str | None) -> None:
+        """PolicyError when a required purpose or case is missing or the purpose is not allowed; ValueError when
+        either is not clean text (control or bidirectional characters, invisible, over 200 characters)."""
+        if purpose is not None and str(purpose).strip():  # blank counts as missing: the rules below say so
+            purpose = check_text(purpose, "the purpose")
+        if case is not None and str(case).strip():
+            case = check_text(case, "the case reference")
         if self.require_purpose and not (purpose and purpose.strip()):
             raise PolicyError("a purpose is required (--purpose); allowed: " + ", ".join(self.allowed_purposes))
         if purpose and self.allowed_purposes and purpose not in self.allowed_purposes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +14,14 @@ import numpy as np
 from . import policy as policies
 from . import search
 from .catalog import now
-from .errors import FaceIndexError, NotFoundError
+from .errors import FaceIndexError, NotFoundError, PolicyError
+from .text import MAX_LONG, check_text
 
 if TYPE_CHECKING:
     from .engine import FaceIndex
     from .search import ImageInput
+
+SAR_PURPOSE = "data-subject-request"  # the one purpose subject access serves
 
 
 def optout_threshold(fi: FaceIndex) -> float:
@@ -46,19 +50,30 @@ def _matching_faces(fi: FaceIndex, templates: np.ndarray, threshold: float) -> d
     return best
 
 
-def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str) -> dict:
+def optout_add(fi: FaceIndex, photos: list[ImageInput], reference: str, *, _delete_uploads: bool = False) -> dict:
     """Register a person's opt-out: delete every matching face now, and block them from now on.
 
-    Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored).
+    Only the face templates (embeddings) and the reference are kept. Returns the receipt (also stored), with
+    advice when a single reference photo was given (it leaks more of the person's faces: docs/benchmarks.md).
     """
     fi._allow("privacy")
     reference = check_reference(reference)
     templates = _templates(fi, photos)
     matches = _matching_faces(fi, templates, optout_threshold(fi))
+    image_ids = {r.image_id for r in fi.catalog.face_records(sorted(matches)).values()}
+    uploads = _uploaded(fi, fi.catalog.image_files(sorted(image_ids))) if _delete_uploads else []
     images_affected = delete_faces(fi, sorted(matches))
     receipt = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
                "faces_removed": len(matches), "images_affected": images_affected,
                "threshold": round(optout_threshold(fi), 5), "threshold_fmr": fi.policy.optout_fmr}
+    if len(templates) < 2:
+        receipt["advice"] = ("one reference photo matched these faces; 2-3 photos (different days, angles) find "
+                             "more of the person's faces now and block more later")
+    if _delete_uploads:
+        for path in uploads:  # photos uploaded through the server are ours to delete; the owner's files are not
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        receipt["uploads_deleted"] = len(uploads)
     fi.catalog.add_optout(reference, fi.settings.actor, templates, receipt)
     fi._record("optout.add", case=reference, details={**receipt, "face_ids": sorted(matches),
                                                          "gallery": fi._gallery_state()})
@@ -73,18 +88,25 @@ def optouts(fi: FaceIndex) -> list[dict]:
 def optout_remove(fi: FaceIndex, reference: str) -> None:
     """Withdraw an opt-out (its faces are not restored; new photos will be indexed again). Audited."""
     fi._allow("privacy")
+    reference = check_reference(reference)
     fi.catalog.remove_optout(reference)
     fi._record("optout.remove", case=reference, details={"reference": reference})
 
 
 def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Path | None = None,
-           *, _action: str = "access") -> dict:
-    """Answer a subject access request: every face held that matches the person, with its provenance.
+           *, purpose: str | None = None, _action: str = "access") -> dict:
+    """Answer a subject access request: every face held that matches the person, with its provenance (source,
+    legal basis, file name, box, date; not where the server keeps the file).
 
-    With `out_dir`, writes `<reference>.json` and a fi-contained `<reference>.html` with thumbnails.
+    Only for a data-subject request: `purpose` must be "data-subject-request" (PolicyError otherwise), and the
+    reference names the request. With `out_dir`, writes `<reference>.json` and a self-contained
+    `<reference>.html` with thumbnails.
     """
     fi._allow("privacy")
     reference = check_reference(reference)
+    if purpose != SAR_PURPOSE:
+        raise PolicyError(f"subject access answers a data-subject request only: give the purpose {SAR_PURPOSE!r} "
+                          "and the request's reference")
     templates = _templates(fi, photos)
     matches = _matching_faces(fi, templates, access_threshold(fi))
     records = fi.catalog.face_records(list(matches))
@@ -93,7 +115,8 @@ def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Pat
         r = records[fid]
         faces.append({"face_id": fid, "similarity": round(matches[fid], 5),
                       "fmr": float(fi.calibration.fmr_at(matches[fid])), "source": r.source, "basis": r.basis,
-                      "path": r.path, "box": r.box.as_list(), "added_at": r.added_at, "image_id": r.image_id})
+                      "file": os.path.basename(r.path), "box": r.box.as_list(), "added_at": r.added_at,
+                      "image_id": r.image_id})
     report = {"reference": reference, "time": now(), "actor": fi.settings.actor, "templates": len(templates),
               "threshold": round(access_threshold(fi), 5), "threshold_fmr": fi.policy.access_fmr,
               "images": len({f["image_id"] for f in faces}), "faces": faces}
@@ -104,11 +127,11 @@ def access(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Pat
         thumbs = {}
         for f in faces:
             with contextlib.suppress(FaceIndexError):  # listed without a thumbnail
-                thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96)
+                thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
         (out_dir / f"{reference}.json").write_text(json.dumps(report, indent=2))
         (out_dir / f"{reference}.html").write_text(access_html(report, thumbs))
         report["files"] = [str(out_dir / f"{reference}.json"), str(out_dir / f"{reference}.html")]
-    fi._record(_action, case=reference, details={
+    fi._record(_action, purpose, case=reference, details={
         "templates": len(templates), "threshold": report["threshold"], "gallery": fi._gallery_state(),
         "results": [[f["face_id"], f["similarity"]] for f in faces], "exported": report.get("files", [])})
     return report
@@ -118,8 +141,8 @@ def erase(fi: FaceIndex, photos: list[ImageInput], reference: str, out_dir: Path
     """Access + deletion + opt-out in one step; returns the receipt."""
     fi._allow("privacy")
     reference = check_reference(reference)
-    report = access(fi, photos, reference, out_dir, _action="erase.access")
-    receipt = optout_add(fi, photos, reference)
+    report = access(fi, photos, reference, out_dir, purpose=SAR_PURPOSE, _action="erase.access")
+    receipt = optout_add(fi, photos, reference, _delete_uploads=True)
     receipt["faces_listed"] = len(report["faces"])
     fi._record("erase", case=reference, details=receipt)
     return receipt
@@ -137,6 +160,8 @@ def set_source(fi: FaceIndex, name: str, basis: str | None = None, retention_day
                notice: str | None = None) -> dict:
     """Register a source, or change its legal basis, retention (0 = keep) or notice. Audited."""
     fi._allow("ingest")
+    name = check_text(name, "a source name")
+    notice = check_text(notice, "a source notice", max_len=MAX_LONG, optional=True)
     if basis is not None and basis not in policies.BASES:
         raise ValueError(f"unknown legal basis {basis!r}; one of: {', '.join(policies.BASES)}")
     if retention_days is not None and not 0 <= retention_days <= 36_500:
@@ -197,6 +222,24 @@ def delete_face(fi: FaceIndex, face_id: int) -> None:
     fi.catalog.face_record(face_id)
     delete_faces(fi, [face_id])
     fi._record("delete", details={"face_ids": [face_id], "gallery": fi._gallery_state()})
+
+
+def _uploaded(fi: FaceIndex, paths: list[str]) -> list[str]:
+    """The paths that are server uploads (under <data>/uploads), the only source files faceindex may delete."""
+    root = os.path.realpath(fi.data / "uploads")
+    return sorted({p for p in paths if os.path.commonpath([os.path.realpath(p), root]) == root})
+
+
+def opted_out(fi: FaceIndex, face_ids: list[int]) -> set[int]:
+    """Which of `face_ids` match a registered opt-out (faces that escaped one: a restored backup, a face indexed
+    before the opt-out by another process). Every endpoint that returns faces filters them out."""
+    templates = fi.catalog.optout_templates(fi.spec.dim)
+    if not len(templates) or not face_ids:
+        return set()
+    out: set[int] = set()
+    for ids, vecs in fi.catalog.embeddings(face_ids, dim=fi.spec.dim):
+        out |= set(ids[search.matches_any(vecs, templates, optout_threshold(fi))].tolist())
+    return out
 
 
 def check_reference(ref: str) -> str:

@@ -17,7 +17,7 @@ def access_html(report: dict, thumbnails: dict[int, bytes]) -> str:
         rows.append(
             f"<tr><td>{img}</td><td>{f['face_id']}</td><td>{f['similarity']:.4f}<br><small>FMR {f['fmr']:.1e}"
             f"</small></td><td>{e(f['source'])}<br><small>basis: {e(f['basis'])}</small></td>"
-            f"<td class=path>{e(f['path'])}</td><td>{e(','.join(map(str, f['box'])))}</td><td>{e(f['added_at'])}</td></tr>"
+            f"<td class=path>{e(f['file'])}</td><td>{e(','.join(map(str, f['box'])))}</td><td>{e(f['added_at'])}</td></tr>"
         )
     body = "\n".join(rows) or '<tr><td colspan="7">No face held matches the person.</td></tr>'
     return f"""<!doctype html>

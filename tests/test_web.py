@@ -264,9 +264,16 @@ def test_two_person_confirmation_then_audit(page, server):
     expect(page.locator("#audit-count")).to_have_text("2 records, newest first")
 
 
+def give_purpose_and_case(page, case: str = "WEB-PEOPLE") -> None:
+    """Viewing people and faces is audited: the page sends the search form's purpose and case with those reads."""
+    page.locator("#purpose").fill("investigation")
+    page.locator("#case").fill(case)
+
+
 def test_people_after_clustering(page, server):
     base, keys = server
     sign_in(page, base, keys["inv1"])
+    give_purpose_and_case(page)
     page.get_by_role("navigation", name="Pages").get_by_role("link", name="People").click()
     expect(page.locator("#page-people")).to_be_visible()
     page.locator("#cluster-btn").click()
@@ -352,6 +359,7 @@ def test_mobile_search_fits_390px(browser, server):
 def test_rate_limit_and_expired_key_messages(page, server):
     base, keys = server
     sign_in(page, base, keys["inv1"])
+    give_purpose_and_case(page)
     slow = json.dumps({"error": {"code": "rate_limited", "message": "too many requests for this key"}})
     page.route("**/v1/people?*", lambda r: r.fulfill(status=429, headers={"Retry-After": "7"}, body=slow,
                                                       content_type="application/json"))
@@ -360,7 +368,7 @@ def test_rate_limit_and_expired_key_messages(page, server):
     page.unroute("**/v1/people?*")
 
     gone = json.dumps({"error": {"code": "unauthorized", "message": "this API key has been revoked"}})
-    page.route("**/v1/people/cluster", lambda r: r.fulfill(status=401, body=gone, content_type="application/json"))
+    page.route("**/v1/people/cluster?*", lambda r: r.fulfill(status=401, body=gone, content_type="application/json"))
     page.locator("#cluster-btn").click()
     expect(page.locator("#page-signin")).to_be_visible()
     expect(page.locator("#signin-error")).to_contain_text("revoked")

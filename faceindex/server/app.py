@@ -7,6 +7,7 @@ X-API-Key); the key's role decides what it may do and its name is the actor in t
 
 
 import contextlib
+import io
 import logging
 import math
 import os
@@ -14,9 +15,8 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -43,7 +44,19 @@ from ..errors import (
     NotFoundError,
     PolicyError,
 )
+from ..text import identity_key
 from . import schemas as S
+from .guard import (
+    FACES_PER_UNIT,
+    IMAGE_REQUEST_COST,
+    PIXELS_PER_UNIT,
+    WEB_HEADERS,
+    BodyLimit,
+    Busy,
+    RateLimiter,
+    WorkQueue,
+)
+from .jobs import Jobs
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
@@ -96,46 +109,10 @@ class Principal:
     def actor(self) -> str:
         return key_actor(self.name, self.key_id)
 
-
-class RateLimiter:
-    """A token bucket per API key: `per_minute` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[int, tuple[float, float]] = {}
-        self.lock = threading.Lock()
-
-    def take(self, key: int, cost: float = 1.0) -> float:
-        """0 when allowed, else seconds until a request would be."""
-        now = time.monotonic()
-        with self.lock:
-            tokens, last = self.buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= cost:
-                self.buckets[key] = (tokens - cost, now)
-                return 0.0
-            self.buckets[key] = (tokens, now)
-            return (cost - tokens) / self.rate
-
-
-@dataclass
-class Job:
-    id: str
-    kind: str
-    state: str = "queued"
-    total: int | None = None
-    done: int = 0
-    faces: int = 0
-    errors: int = 0
-    result: dict | None = None
-    error: str | None = None
-    owner: int = 0
-    started: float = field(default_factory=time.time)
-
-    def out(self) -> S.JobOut:
-        return S.JobOut(id=self.id, kind=self.kind, state=self.state, total=self.total, done=self.done,
-                        faces=self.faces, errors=self.errors, result=self.result, error=self.error)
+    @property
+    def user(self) -> tuple[str, str]:
+        """The rate limiter's key: a user's several keys share one budget."""
+        return ("user", identity_key(self.name))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -143,7 +120,13 @@ def create_app(settings: Settings) -> FastAPI:
     engine = FaceIndex(settings)
     lock = threading.RLock()  # the engine's catalog connection and index are used by one request at a time
     limiter = RateLimiter(settings.rate_limit)
-    jobs: dict[str, Job] = {}
+    work = WorkQueue(settings.max_pending)  # engine work of async endpoints: in threads, bounded, 503 beyond
+
+    def locked(fn: Callable, *args, **kwargs):
+        with lock:
+            return fn(*args, **kwargs)
+    auth_failures = RateLimiter(settings.auth_failure_limit)  # per client address
+    jobs = Jobs(settings, engine, lock)  # in the catalog: a restart resumes what was queued or running
     registry = CollectorRegistry()
     m_requests = Counter("faceindex_http_requests", "HTTP requests", ["method", "route", "status"],
                          registry=registry)
@@ -153,7 +136,9 @@ def create_app(settings: Settings) -> FastAPI:
     m_searches = Counter("faceindex_searches", "searches served", registry=registry)
 
     app = FastAPI(title="faceindex", version=__version__,
-                  description="Accountable face search. " + NOTICE, docs_url="/docs", redoc_url=None,
+                  description="Accountable face search. " + NOTICE,
+                  # the interactive docs page loads its scripts from a CDN: off unless asked for
+                  docs_url="/docs" if settings.api_docs else None, redoc_url=None,
                   responses=ERROR_RESPONSES)
     bearer = HTTPBearer(auto_error=False, description="API key from `faceindex keys create`")
 
@@ -161,6 +146,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, e: ApiError):
         return _error(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(Busy)
+    async def _busy(_r: Request, _e: Busy):
+        return _error(503, "busy", "the server is busy; retry shortly", {"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, e: RequestValidationError):
@@ -197,37 +186,90 @@ def create_app(settings: Settings) -> FastAPI:
         t = time.perf_counter()
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
-            if length is None and "multipart" in request.headers.get("content-type", ""):
+            if length is None and "multipart" in request.headers.get("content-type", "").lower():
                 return _error(411, "length_required", "uploads need a Content-Length")
             if length is not None and (not length.isdigit() or int(length) > max_body):
                 return _error(413, "too_large", f"request larger than {max_body} bytes")
+            if request.url.path.startswith("/v1/"):
+                try:  # from the headers alone, before a byte of the body is read
+                    await run_in_threadpool(authenticate, request)
+                except ApiError as e:
+                    return _error(e.status, e.code, e.message, e.headers)
         response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "static")
         m_requests.labels(request.method, name, str(response.status_code)).inc()
         m_latency.labels(name).observe(time.perf_counter() - t)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        for header, value in WEB_HEADERS.items():
+            response.headers.setdefault(header, value)
         return response
 
+    app.add_middleware(BodyLimit, max_body=max_body)  # outside _guard: counts every body as it streams in
+
     # --- auth ------------------------------------------------------------------------------------------------
-    def principal(request: Request,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
-        token = creds.credentials if creds else request.headers.get("x-api-key", "")
-        if not token:
-            raise ApiError(401, "unauthorized", "an API key is required", {"WWW-Authenticate": "Bearer"})
+    def limited(wait: float, what: str) -> ApiError:
+        return ApiError(429, "rate_limited", what, {"Retry-After": str(max(1, math.ceil(wait)))})
+
+    def authenticate(request: Request) -> dict:
+        """The key of a request's Authorization (Bearer) or X-API-Key header; 401, or 429 while this client
+        address has failed too often (failures are counted per address)."""
+        addr = ("addr", request.client.host if request.client else "?")
+        wait = auth_failures.wait(addr)
+        if wait:  # guessing keys from this address: stop answering until the budget refills
+            raise limited(wait, "too many failed authentications from this address")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
         try:
+            if not token:
+                raise AccessDenied("an API key is required")
             with lock:
-                key = engine.authenticate(token)
+                return engine.authenticate(token)
         except AccessDenied as e:
+            auth_failures.charge(addr, 1.0)
             raise ApiError(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}) from e
-        # a result page fetches many face crops: they cost a tenth of a request each
-        cost = 0.1 if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
-        wait = limiter.take(key["id"], cost)
+
+    def principal(request: Request,
+                  _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal:
+        key = authenticate(request)
+        p = Principal(key["id"], key["name"], key["role"])
+        # images are charged in their endpoints, by the pixels they decode
+        cost = IMAGE_REQUEST_COST if request.method == "GET" and IMAGE_ROUTE.match(request.url.path) else 1.0
+        wait = limiter.take(p.user, cost)
         if wait:
-            raise ApiError(429, "rate_limited", "too many requests for this key",
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
-        return Principal(key["id"], key["name"], key["role"])
+            raise limited(wait, "too many requests for this user")
+        return p
+
+    def charge(p: Principal, *, pixels: int = 0, faces: int = 0, upfront: bool = True) -> None:
+        """Charge a user for decoding `pixels` and returning `faces`: up front (429 before the work) or after."""
+        cost = pixels / PIXELS_PER_UNIT + faces / FACES_PER_UNIT
+        if cost <= 0:
+            return
+        if not upfront:
+            limiter.charge(p.user, cost)
+            return
+        wait = limiter.take(p.user, cost)
+        if wait:
+            raise limited(wait, "too many requests for this user (large images cost more)")
+
+    def upload_pixels(data: bytes) -> int:
+        """Pixels an upload will decode, from its header alone (0 when unreadable: decoding will say why)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return int(img.width) * int(img.height)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return 0
+
+    def why(purpose: Annotated[str | None, Query(max_length=200, description="why (an allowed purpose); "
+                                                 "reads that reveal faces are audited")] = None,
+            case: Annotated[str | None, Query(max_length=100, description="the case reference")] = None
+            ) -> tuple[str | None, str | None]:
+        """Purpose and case of a read that reveals faces (people, crops, photos), checked like a search's."""
+        engine.policy.check_purpose(purpose, case)
+        return (purpose.strip() if purpose else None), (case.strip() if case else None)
+
+    Why = Annotated[tuple[str | None, str | None], Depends(why)]
 
     Who = Annotated[Principal, Depends(principal)]
 
@@ -248,10 +290,17 @@ def create_app(settings: Settings) -> FastAPI:
         return data
 
     # --- health, metrics, stats ------------------------------------------------------------------------------
+    health = {"faces": 0}
+
     @app.get("/healthz", response_model=S.Health, tags=["system"])
-    def healthz() -> S.Health:
-        with lock:
-            return S.Health(status="ok", faces=engine.catalog.face_count())
+    async def healthz() -> S.Health:
+        """Instant, even while the engine is busy: the face count is refreshed only when the engine is free."""
+        if lock.acquire(blocking=False):
+            try:
+                health["faces"] = engine.catalog.face_count()
+            finally:
+                lock.release()
+        return S.Health(status="ok", faces=health["faces"])
 
     @app.get("/metrics", tags=["system"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})
@@ -285,8 +334,8 @@ def create_app(settings: Settings) -> FastAPI:
         data = await read_image(image)
         fi = as_(p)
         fi.allow_any("search", "privacy")
-        with lock:
-            return [face_out(f) for f in fi.faces(data)]
+        charge(p, pixels=upload_pixels(data))
+        return [face_out(f) for f in await work.run(locked, fi.faces, data)]
 
     @app.post("/v1/search", response_model=S.SearchOut, tags=["search"])
     async def search(p: Who, probe: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
@@ -296,10 +345,14 @@ def create_app(settings: Settings) -> FastAPI:
         """Candidate leads for the faces of a probe photo (or one face of it). Audited; the probe is not kept."""
         data = await read_image(probe)
         fi = as_(p)
-        with lock:
-            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None,
-                                face=face)
-            confirmed = fi.confirmations(case) if _safe_ref(case) else {}
+        fi.allow_any("search")
+        charge(p, pixels=upload_pixels(data))
+
+        def run() -> tuple:
+            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None, face=face)
+            return results, (fi.confirmations(case) if _safe_ref(case) else {})
+
+        results, confirmed = await work.run(locked, run)
         m_searches.inc()
         out = []
         for r in results:
@@ -319,8 +372,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
                      purpose: Annotated[str, Form()], case: Annotated[str, Form()]) -> S.VerifyOut:
         da, db = await read_image(a), await read_image(b)
-        with lock:
-            v = as_(p).verify(da, db, purpose=purpose, case=case)
+        as_(p).allow_any("verify")
+        charge(p, pixels=upload_pixels(da) + upload_pixels(db))
+        v = await work.run(locked, as_(p).verify, da, db, purpose=purpose, case=case)
         return S.VerifyOut(similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
                            same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
 
@@ -337,21 +391,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
-    def face_crop(p: Who, face_id: int, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+    def face_crop(p: Who, face_id: int, why: Why, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+        """A face's crop (JPEG). Audited: needs a purpose and a case; charged by the pixels of its photo."""
         fi = as_(p)
         fi.allow_any("search", "people", "privacy")
         with lock:
-            data = fi.face_crop(face_id, size=size)
+            pixels = engine.catalog.face_pixels(face_id)
+        charge(p, pixels=pixels)
+        with lock:
+            data = fi.face_crop(face_id, size=size, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/v1/faces/{face_id}/image", tags=["faces"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
-    def face_image(p: Who, face_id: int) -> Response:
-        """The face's source image with the face outlined."""
+    def face_image(p: Who, face_id: int, why: Why) -> Response:
+        """The face's source image with the face outlined. Audited: needs a purpose and a case; charged by its
+        pixels."""
         fi = as_(p)
         fi.allow_any("search", "people", "privacy")
         with lock:
-            data = fi.face_in_image(face_id)
+            pixels = engine.catalog.face_pixels(face_id)
+        charge(p, pixels=pixels)
+        with lock:
+            data = fi.face_in_image(face_id, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.delete("/v1/faces/{face_id}", status_code=204, tags=["faces"])
@@ -366,35 +428,44 @@ def create_app(settings: Settings) -> FastAPI:
                            sample_face_ids=list(x.sample_face_ids), cohesion=x.cohesion, cohesion_fmr=x.cohesion_fmr)
 
     @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
-    def people(p: Who, min_faces: Annotated[int, Query(ge=1)] = 2,
+    def people(p: Who, why: Why, min_faces: Annotated[int, Query(ge=1)] = 2,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                sort: Annotated[Literal["size", "weakest"], Query(
                    description="size: largest first; weakest: least cohesive first (review these)")] = "size",
                ) -> list[S.PersonOut]:
+        """People by size or weakest first (audited: needs a purpose and a case)."""
         with lock:
-            return [person_out(x) for x in as_(p).people(limit=None, min_faces=min_faces, sort=sort)[:limit]]
+            found = as_(p).people(limit=None, min_faces=min_faces, sort=sort, purpose=why[0], case=why[1])[:limit]
+        charge(p, faces=sum(len(x.sample_face_ids) for x in found), upfront=False)
+        return [person_out(x) for x in found]
 
     @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
-    def cluster(p: Who, full: Annotated[bool, Query(
+    def cluster(p: Who, why: Why, full: Annotated[bool, Query(
             description="re-cluster every face (default: only faces not yet in a person)")] = False,
                 ) -> list[S.PersonOut]:
+        """Group faces into people (audited: needs a purpose and a case)."""
         with lock:
-            return [person_out(x) for x in as_(p).cluster(full=full)[:100]]
+            found = as_(p).cluster(full=full, purpose=why[0], case=why[1])[:100]
+        charge(p, faces=sum(x.face_count for x in found), upfront=False)
+        return [person_out(x) for x in found]
 
     @app.get("/v1/people/{person_id}", response_model=S.PersonDetail, tags=["people"])
-    def person(p: Who, person_id: int) -> S.PersonDetail:
+    def person(p: Who, person_id: int, why: Why) -> S.PersonDetail:
+        """A person and their faces (audited: needs a purpose and a case)."""
         with lock:
-            x, faces = as_(p).person(person_id)
+            x, faces = as_(p).person(person_id, purpose=why[0], case=why[1])
+        charge(p, faces=len(faces), upfront=False)
         return S.PersonDetail(**person_out(x).model_dump(), face_list=[
             S.PersonFace(face_id=f.id, path=Path(f.path).name, source=f.source, box=f.box.as_list(),
                          quality=round(f.quality, 3)) for f in faces])
 
     @app.put("/v1/people/{person_id}/name", response_model=S.PersonOut, tags=["people"])
-    def name(p: Who, person_id: int, body: S.NameIn) -> S.PersonOut:
+    def name(p: Who, person_id: int, body: S.NameIn, why: Why) -> S.PersonOut:
+        """Name a person (audited: needs a purpose and a case)."""
         with lock:
             fi = as_(p)
-            fi.name_person(person_id, body.name)
-            return person_out(fi.person(person_id)[0])
+            fi.name_person(person_id, body.name, purpose=why[0], case=why[1])
+            return person_out(fi.person(person_id, audit=False)[0])
 
     @app.post("/v1/people/merge", response_model=S.PersonOut, tags=["people"])
     def merge(p: Who, body: S.MergeIn) -> S.PersonOut:
@@ -420,37 +491,6 @@ def create_app(settings: Settings) -> FastAPI:
             s = as_(p).set_source(body.name, body.basis, body.retention_days, body.notice)
         return {k: v for k, v in s.items() if k != "id"}
 
-    def start_job(p: Principal, kind: str, work: Callable[[FaceIndex, Job], dict]) -> S.JobOut:
-        job = Job(id=uuid.uuid4().hex, kind=kind, owner=p.key_id)
-        jobs[job.id] = job
-
-        def run() -> None:
-            job.state = "running"
-            try:
-                with FaceIndex(settings) as own:  # its own catalog connection: searches keep being served
-                    job.result = work(own.acting_as(p.actor, p.role), job)
-                # files refused before analysis (outside the roots, unreadable folders) send no progress event
-                job.errors = max(job.errors, len(job.result.get("errors") or []))
-                job.state = "done"
-            except FaceIndexError as e:
-                job.state, job.error = "failed", str(e)
-            except Exception:
-                log.exception("job %s failed", job.id)
-                job.state, job.error = "failed", "internal error"
-
-        threading.Thread(target=run, name=f"job-{job.id[:8]}", daemon=True).start()
-        return job.out()
-
-    def progress_of(job: Job) -> Callable[[str, dict], None]:
-        def on(event: str, info: dict) -> None:
-            if event == "scan":
-                job.total = info["files"]
-            elif event == "file":
-                job.done += 1
-                job.faces += info.get("faces", 0)
-                job.errors += 1 if info.get("error") else 0
-        return on
-
     @app.post("/v1/ingest/upload", response_model=S.JobOut, status_code=202, tags=["ingest"])
     async def ingest_upload(p: Who, files: Annotated[list[UploadFile], File()],
                             source: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")]
@@ -460,13 +500,15 @@ def create_app(settings: Settings) -> FastAPI:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
         folder = settings.resolved_data() / "uploads" / (_slug(source) or "source") / stamp
         blobs = [(await read_image(f), f.filename or "upload") for f in files]
+        charge(p, pixels=sum(upload_pixels(b) for b, _ in blobs))
         folder.mkdir(parents=True, exist_ok=True)
         for i, (data, fname) in enumerate(blobs):
             name = _slug(Path(fname).name)[:80] or "image"
             if not UPLOAD_SUFFIX.search(name):  # the folder walk only picks up image suffixes; decoding goes by content
                 name += ".jpg"
             (folder / f"{i:05d}-{name}").write_bytes(data)
-        return start_job(p, "ingest", lambda fi, job: fi.add([folder], source, progress=progress_of(job)).as_dict())
+        return jobs.start(p.key_id, {"paths": [str(folder)], "source": source, "uploads": str(folder),
+                                     "actor": p.actor, "role": p.role}).out()
 
     @app.post("/v1/ingest/path", response_model=S.JobOut, status_code=202, tags=["ingest"])
     def ingest_path(p: Who, body: S.PathIngestIn) -> S.JobOut:
@@ -478,8 +520,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(403, "path_not_allowed", "path is outside the allowed ingest roots")
         if not os.path.exists(real):
             raise ApiError(404, "not_found", "no such path")
-        return start_job(p, "ingest", lambda fi, job: fi.add(
-            [real], body.source, progress=progress_of(job), within=[Path(r) for r in roots]).as_dict())
+        return jobs.start(p.key_id, {"paths": [real], "source": body.source, "within": roots,
+                                     "actor": p.actor, "role": p.role}).out()
 
     @app.get("/v1/jobs/{job_id}", response_model=S.JobOut, tags=["ingest"])
     def job(p: Who, job_id: str) -> S.JobOut:
@@ -493,8 +535,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def optout_add(p: Who, photos: Annotated[list[UploadFile], File()],
                          reference: Annotated[str, Form()]) -> dict:
         blobs = [await read_image(f) for f in photos]
-        with lock:
-            return as_(p).optout_add(blobs, reference)
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
+        return await work.run(locked, as_(p).optout_add, blobs, reference)
 
     @app.get("/v1/optouts", tags=["privacy"])
     def optouts(p: Who) -> list[dict]:
@@ -509,26 +552,35 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/access", tags=["privacy"])
     async def access(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()],
+                     purpose: Annotated[str | None, Form(description='must be "data-subject-request"')] = None,
                      format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+        """A subject access report for a data-subject request (purpose "data-subject-request", its reference):
+        the faces held that match the person, with source, legal basis and file name. Audited."""
         blobs = [await read_image(f) for f in photos]
-        with lock:
-            fi = as_(p)
-            report = fi.access(blobs, reference)
-            if format == "html":
-                from ..report import access_html
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
+        fi = as_(p)
 
-                thumbs = {}
-                for f in report["faces"]:
-                    with contextlib.suppress(FaceIndexError):
-                        thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96)
-                return HTMLResponse(access_html(report, thumbs))
-        return report
+        def run() -> dict | HTMLResponse:
+            report = fi.access(blobs, reference, purpose=purpose)
+            if format != "html":
+                return report
+            from ..report import access_html
+
+            thumbs = {}
+            for f in report["faces"]:
+                with contextlib.suppress(FaceIndexError):
+                    thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
+            return HTMLResponse(access_html(report, thumbs))
+
+        return await work.run(locked, run)
 
     @app.post("/v1/erase", tags=["privacy"])
     async def erase(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()]) -> dict:
         blobs = [await read_image(f) for f in photos]
-        with lock:
-            return as_(p).erase(blobs, reference)
+        as_(p).allow_any("privacy")
+        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
+        return await work.run(locked, as_(p).erase, blobs, reference)
 
     # --- audit and keys ----------------------------------------------------------------------------------------
     @app.get("/v1/audit", tags=["audit"])
@@ -572,6 +624,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.state.engine = engine
     app.state.jobs = jobs
+    resumed = jobs.resume()
+    if resumed:
+        log.warning("resumed %d ingest job(s) interrupted by a restart", resumed)
     return app
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from ..text import MAX_LONG, check_identity, check_text
+
+# Free text is checked by the same function as in the engine and the CLI (faceindex.text.check_text).
+ShortText = Annotated[str, AfterValidator(lambda v: check_text(v, "the text"))]
+LongText = Annotated[str, AfterValidator(lambda v: check_text(v, "the text", max_len=MAX_LONG))]
+KeyName = Annotated[str, AfterValidator(lambda v: check_identity(v, "the key name"))]
 
 
 class ErrorBody(BaseModel):
@@ -88,7 +97,7 @@ class PersonDetail(PersonOut):
 
 
 class NameIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: ShortText = Field(min_length=1, max_length=200)
 
 
 class MergeIn(BaseModel):
@@ -103,7 +112,7 @@ class SourceIn(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")
     basis: str | None = None
     retention_days: int | None = Field(default=None, ge=0)
-    notice: str | None = Field(default=None, max_length=2000)
+    notice: LongText | None = Field(default=None, max_length=2000)
 
 
 class PathIngestIn(BaseModel):
@@ -124,7 +133,7 @@ class JobOut(BaseModel):
 
 
 class ConfirmIn(BaseModel):
-    case: str = Field(min_length=1, max_length=100)
+    case: ShortText = Field(min_length=1, max_length=100)
     face_id: int
 
 
@@ -141,11 +150,12 @@ class KeyOut(BaseModel):
     role: str
     prefix: str
     created_at: str
+    created_by: str
     revoked_at: str | None
 
 
 class KeyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: KeyName = Field(min_length=1, max_length=64)
     role: str
 
 

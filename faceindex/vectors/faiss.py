@@ -149,7 +149,7 @@ class HnswIndex:
     kind = "hnsw"
     compact_fraction = 0.2
 
-    def __init__(self, index: faiss.IndexIDMap2, alive: np.ndarray | None = None, ef_search: int = 96) -> None:
+    def __init__(self, index: faiss.IndexIDMap2, alive: np.ndarray | None = None, ef_search: int = 192) -> None:
         self.index = index
         self.graph = faiss.downcast_index(index.index)
         self.dim = index.d
@@ -162,7 +162,7 @@ class HnswIndex:
         self._version = 0  # bumped on every change to id_map or alive
 
     @classmethod
-    def empty(cls, dim: int, m: int = 32, ef_construction: int = 100, ef_search: int = 96) -> HnswIndex:
+    def empty(cls, dim: int, m: int = 32, ef_construction: int = 100, ef_search: int = 192) -> HnswIndex:
         graph = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = ef_construction
         return cls(faiss.IndexIDMap2(graph), ef_search=ef_search)
@@ -269,7 +269,7 @@ def _alive_path(path: Path) -> Path:
     return path.with_name(path.name + ".alive.npy")
 
 
-def load_index(path: Path, nprobe: int = 48, ef_search: int = 96) -> FaissIndex | HnswIndex:
+def load_index(path: Path, nprobe: int = 48, ef_search: int = 192) -> FaissIndex | HnswIndex:
     """Whichever kind of index `path` holds."""
     try:
         index = faiss.read_index(str(path))

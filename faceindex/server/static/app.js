@@ -17,6 +17,7 @@ const state = {
   me: null, // {name, role, key_id, permissions}
   page: null,
   loaded: new Set(), // pages loaded since sign-in
+  why: null, // {purpose, case} of the last search or privacy request: audited reads of faces carry them
 };
 
 // --- small DOM helper -----------------------------------------------------------------------------------------
@@ -117,7 +118,24 @@ export class ApiError extends Error {
 }
 
 // --- the API ------------------------------------------------------------------------------------------------------
+// Reads that reveal faces (people, face crops, photos) are recorded in the audit trail with a purpose and a case:
+// those of the last search or privacy request, else what the search form holds.
+const AUDITED_READ = /^v1\/(people(\/|\?|$)|faces\/\d+\/(crop|image))/;
+
+function withWhy(path) {
+  if (!AUDITED_READ.test(path)) return path;
+  const purpose = state.why?.purpose || $("#purpose")?.value.trim();
+  const caseRef = state.why?.case || $("#case")?.value.trim();
+  if (!purpose || !caseRef) {
+    throw new ApiError(0, "why", "Give a purpose and a case reference on the Search page first: " +
+      "viewing people and faces is recorded in the audit trail.");
+  }
+  const sep = path.includes("?") ? "&" : "?";
+  return `${path}${sep}purpose=${encodeURIComponent(purpose)}&case=${encodeURIComponent(caseRef)}`;
+}
+
 async function rawFetch(path, { method = "GET", body = null, json = undefined, key = state.key } = {}) {
+  path = withWhy(path);
   const headers = { Accept: "application/json" };
   if (key) headers.Authorization = `Bearer ${key}`;
   let payload = body;
@@ -355,6 +373,7 @@ function signOut(message = "") {
   state.key = "";
   state.me = null;
   state.loaded.clear();
+  state.why = null;
   clearImages();
   resetPages();
   renderWho();
@@ -559,6 +578,7 @@ $("#search-form").addEventListener("submit", async (ev) => {
     $("#case").focus();
     return showError(err, "Give a case reference: 1–100 letters, digits and - _ . :");
   }
+  state.why = { purpose, case: caseRef };
   const form = new FormData();
   form.append("probe", search.file, search.file.name);
   form.append("purpose", purpose);
@@ -1158,6 +1178,8 @@ async function runPrivacy(form) {
   const body = new FormData();
   for (const f of files) body.append("photos", f, f.name);
   body.append("reference", ref);
+  body.append("purpose", "data-subject-request");
+  state.why = { purpose: "data-subject-request", case: ref };
   const btn = $("button[type=submit]", form);
   btn.disabled = true;
   status("Working…", { sticky: true });
@@ -1212,11 +1234,11 @@ function renderReceipt(r, kind) {
 function renderAccess(r) {
   const list = h("ul", { class: "access-grid", "aria-label": "Faces held" });
   for (const f of r.faces) {
-    const file = baseName(f.path);
+    const file = baseName(f.file ?? f.path);
     list.append(h("li", { class: "access-face card" },
       authedImg(cropUrl(f.face_id, 128), `Face ${f.face_id} in ${file}`, "tile"),
       h("div", { class: "access-body" },
-        h("p", { class: "cand-file", title: f.path }, fileName(file)),
+        h("p", { class: "cand-file", title: file }, fileName(file)),
         h("p", { class: "muted small" }, `similarity ${f.similarity.toFixed(3)} · ${oneIn(f.fmr)}`),
         h("p", { class: "muted small" }, `source ${f.source} · basis ${f.basis || "unspecified"}`),
         h("p", { class: "muted small" }, `added ${fmtTime(f.added_at)}`),
