@@ -786,12 +786,13 @@ def test_schemathesis(env, fuzz_server):
 
 def test_people_cohesion_and_weakest_first(env, server):
     who = auth(env.keys["investigator"])
-    listed = server.client.post("/v1/people/cluster", params={"full": "true"}, headers=who)
+    listed = server.client.post("/v1/people/cluster", params={"full": "true", **WHY_Q}, headers=who)
     assert listed.status_code == 200, listed.text
-    people = server.client.get("/v1/people", params={"sort": "weakest", "min_faces": 2}, headers=who).json()
+    people = server.client.get("/v1/people", params={"sort": "weakest", "min_faces": 2, **WHY_Q},
+                               headers=who).json()
     assert len(people) >= 2
     cohesion = [p["cohesion"] for p in people]
     assert cohesion == sorted(cohesion) and all(0 < p["cohesion_fmr"] < 1 for p in people)
-    one = server.client.get(f"/v1/people/{people[0]['id']}", headers=who).json()
+    one = server.client.get(f"/v1/people/{people[0]['id']}", params=WHY_Q, headers=who).json()
     assert one["cohesion"] == people[0]["cohesion"]
-    assert server.client.get("/v1/people", params={"sort": "name"}, headers=who).status_code == 422
+    assert server.client.get("/v1/people", params={"sort": "name", **WHY_Q}, headers=who).status_code == 422
