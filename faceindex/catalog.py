@@ -102,6 +102,20 @@ CREATE TABLE IF NOT EXISTS optouts (
     receipt TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
+CREATE TABLE IF NOT EXISTS person_cohesion (
+    person_id INTEGER PRIMARY KEY REFERENCES people(id) ON DELETE CASCADE,
+    similarity REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS face_blocks (
+    face_id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+    block INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS face_blocks_block ON face_blocks(block);
+CREATE TABLE IF NOT EXISTS blocks_apart (
+    a INTEGER NOT NULL,
+    b INTEGER NOT NULL,
+    PRIMARY KEY (a, b)
+);
 CREATE INDEX IF NOT EXISTS faces_quality ON faces(quality);
 """
 

@@ -1,98 +1,263 @@
-"""Group faces into people: constrained agglomeration over the k-nearest-neighbour graph.
+"""Group faces into people: reciprocal average-linkage agglomeration over the k-nearest-neighbour graph.
 
-Edges are the k nearest neighbours of each face above a similarity threshold. They are merged strongest first
-(Kruskal order) with union-find, and a merge is refused when the two groups share a photo: two faces of one
-photo are never one person. A merge must also be supported by enough of the links between the two groups
-relative to their sizes, which stops a single bridge from chaining two people together.
+Why not single linkage: merging every edge above a similarity threshold lets one chance match (a bridge) join two
+people, and the number of chance matches grows with the collection, so precision falls with size (issue 13).
+
+Here a group's link to another is the mean similarity over *all* pairs of their faces (average linkage), which for
+L2-normalised embeddings is exactly the dot product of the two groups' mean vectors: it is computed from one sum
+vector per group, never from pair lists. A chain of intermediate faces cannot glue two tight groups together,
+because the groups' mean similarity stays low however many bridges there are. Merges are reciprocal (RAC): in each
+round every group finds its best-linked neighbour above the threshold, and the mutual-best pairs merge; with
+average linkage this is the same result as merging the best pair first, one at a time, but runs in a few dozen
+vectorised rounds. A face joins the person it matches best, not every person it matches, which is what keeps
+precision as the collection grows.
+
+Constraints: faces of one photo are never one person (cannot-link); `must` pairs start in one group and are never
+separated (manual merges); `cannot` pairs never meet (manual splits); `frozen` groups keep their identity (faces
+already assigned to people), so that an incremental run only places new faces.
+
+The candidates are the k nearest neighbours of each face (exact below `exact_limit` faces, else an IVF index built
+for the job), kept where the similarity reaches the threshold: a mean can reach it only if one pair does.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import faiss
 import numpy as np
 
+EXACT_LIMIT = 50_000  # exact k-NN below this many faces; an IVF index above
+KNN_NPROBE = 32  # IVF lists visited per face (k-NN graph above EXACT_LIMIT) ...
+KNN_DIMS = 0.375  # ... and PCA dimensions kept for the IVF search, as a share of the embedding's (at least 64)
+KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost grows as n^1.5; see benchmarks.md)
+MAX_ROUNDS = 10_000  # a safety bound; real runs finish in tens of rounds
 
-def knn_graph(vecs: np.ndarray, k: int, index=None) -> tuple[np.ndarray, np.ndarray]:
-    """(sims, neighbour positions) of each vector's k nearest others (exact, or through a given index)."""
-    n = len(vecs)
-    k = min(k + 1, n)
-    if index is None:
-        index = faiss.IndexFlatIP(vecs.shape[1])
+
+@dataclass(frozen=True)
+class Clustering:
+    """Labels 0..m-1 per face, and per label the weakest merge that formed it (mean similarity; 1.0 if one face)."""
+
+    labels: np.ndarray
+    cohesion: np.ndarray
+    rounds: int = 0
+
+
+def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
+              exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+              batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, neighbour rows) of the k nearest faces of each query (default: every face) in `vecs`.
+
+    Exact (flat inner product) for small collections. Above `exact_limit` the candidates come from an index built
+    for the job: a PCA projection to max(64, 3d/8) dimensions (near neighbours keep their order: 99.7% of the
+    pairs above the clustering floor are found on LFW with both packs) in an IVF index with sqrt(nprobe * n)
+    lists (which balances picking lists against scanning them), `nprobe` visited; the k + 10 candidates of each
+    query are then scored exactly on the full vectors and the best k kept. Missing neighbours are -1.
+    """
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    queries = vecs if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
+    n, d = vecs.shape
+    k = min(k, n)
+    sims = np.empty((len(queries), k), np.float32)
+    nbrs = np.empty((len(queries), k), np.int64)
+    if n <= exact_limit:
+        index = faiss.IndexFlatIP(d)
         index.add(vecs)
-    sims, nbrs = index.search(vecs, k)
+        for s in range(0, len(queries), batch):
+            sims[s:s + batch], nbrs[s:s + batch] = index.search(queries[s:s + batch], k)
+        return sims, nbrs
+    rng = np.random.default_rng(0)
+    large = n > KNN_LARGE
+    nprobe = nprobe or (8 if large else KNN_NPROBE)
+    r = min(d, 64 if large else max(64, int(d * KNN_DIMS)))
+    nlist = int(np.sqrt(nprobe * n))
+    sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
+    pca = faiss.PCAMatrix(d, r)
+    pca.train(sample)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(r), r, nlist, faiss.METRIC_L2)
+    index.cp.niter = 6  # coarse lists are enough: near neighbours share a list or the next one
+    index.cp.min_points_per_centroid = 5  # (and faiss's warning about few training points is moot)
+    index.train(pca.apply(sample))
+    index.nprobe = nprobe
+    for s in range(0, n, batch):
+        index.add(pca.apply(vecs[s:s + batch]))
+    kk = min(k + 10, n)
+    for s in range(0, len(queries), batch):
+        q = queries[s:s + batch]
+        _, cand = index.search(pca.apply(q), kk)
+        exact = np.einsum("qd,qkd->qk", q, vecs[np.maximum(cand, 0)])
+        exact[cand < 0] = -np.inf
+        best = np.argsort(-exact, axis=1)[:, :k]
+        sims[s:s + batch] = np.take_along_axis(exact, best, 1)
+        nbrs[s:s + batch] = np.where(np.isfinite(sims[s:s + batch]), np.take_along_axis(cand, best, 1), -1)
     return sims, nbrs
 
 
-def cluster(vecs: np.ndarray, image_ids: np.ndarray, threshold: float, k: int = 20,
-            min_links: float = 0.0) -> np.ndarray:
-    """Labels (0..m-1) for L2-normalised `vecs`; faces sharing an image id never share a label."""
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component labels (0..m-1) of n nodes joined by edges a-b (vectorised label propagation)."""
+    label = np.arange(n)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    while len(a):
+        m = np.minimum(label[a], label[b])
+        before = label.copy()
+        np.minimum.at(label, a, m)
+        np.minimum.at(label, b, m)
+        while True:  # pointer jumping: every node points at its root
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
+        if np.array_equal(label, before):
+            break
+    return np.unique(label, return_inverse=True)[1].astype(np.int64)
+
+
+def _keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return lo.astype(np.int64) * n + hi
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The mean similarity two groups need to merge, by the number of face pairs m between them.
+
+    One pair (m = 1) needs `pair`; the bar falls towards `group` as m grows, the way the false-match threshold of
+    a mean of m impostor similarities falls: tau(m) = centre + (pair - centre) * sqrt(rho + (1 - rho) / m), with
+    `centre` the typical impostor similarity and `rho` the share of impostor variance that belongs to the two
+    people rather than to the photos (which no amount of averaging removes); `group` is tau at m -> infinity.
+    """
+
+    pair: float
+    centre: float = 0.0
+    rho: float = 1.0
+
+    @property
+    def group(self) -> float:
+        return self.at(np.array([np.inf]))[0]
+
+    def at(self, m: np.ndarray) -> np.ndarray:
+        return self.centre + (self.pair - self.centre) * np.sqrt(self.rho + (1 - self.rho) / m)
+
+
+def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Threshold, k: int = 20, *,
+            must: np.ndarray | None = None, cannot: np.ndarray | None = None,
+            initial: np.ndarray | None = None, frozen: np.ndarray | None = None,
+            edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+            exact_limit: int = EXACT_LIMIT) -> Clustering:
+    """Cluster L2-normalised `vecs` by reciprocal average linkage at mean similarity >= `threshold`.
+
+    - `image_ids`: faces sharing one never share a label.
+    - `must` / `cannot`: (m, 2) arrays of face rows that must / must not share a label.
+    - `initial`: starting group per face (e.g. existing people; -1 = a group of its own); `frozen`: per face, True
+      where its starting group may not merge with another frozen group (existing people stay apart).
+    - `edges`: candidate face pairs (a, b, similarity) instead of the k-NN graph (incremental runs).
+    """
     n = len(vecs)
     if n == 0:
-        return np.zeros(0, np.int64)
+        return Clustering(np.zeros(0, np.int64), np.zeros(0), 0)
+    bar = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold))
+    floor = float(bar.group)
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    sims, nbrs = knn_graph(vecs, k)
-    rows = np.repeat(np.arange(n), nbrs.shape[1])
-    cols = nbrs.reshape(-1)
-    s = sims.reshape(-1)
-    keep = (cols >= 0) & (cols != rows) & (s >= threshold)
-    rows, cols, s = rows[keep], cols[keep], s[keep]
-    a, b = np.minimum(rows, cols), np.maximum(rows, cols)
-    # undirected, deduplicated, strongest first
-    key = a.astype(np.int64) * n + b
-    key, first = np.unique(key, return_index=True)
-    a, b, s = a[first], b[first], s[first]
-    order = np.argsort(-s, kind="stable")
+    image_ids = np.asarray(image_ids)
 
-    parent = np.arange(n)
-    size = np.ones(n, np.int64)
-    photos: dict[int, set[int]] = {i: {int(image_ids[i])} for i in range(n)}
-    links: dict[tuple[int, int], int] = {}
+    # starting groups: the given ones, joined by must-links
+    start = np.arange(n) if initial is None else np.where(np.asarray(initial) >= 0, np.asarray(initial), -1)
+    if initial is not None:
+        lone = start < 0
+        start = start.copy()
+        start[lone] = start.max(initial=-1) + 1 + np.arange(int(lone.sum()))
+        start = np.unique(start, return_inverse=True)[1]
+    mx = np.asarray(must, np.int64).reshape(-1, 2) if must is not None else np.zeros((0, 2), np.int64)
+    label = components(int(start.max()) + 1, start[mx[:, 0]], start[mx[:, 1]])[start]
+    g = int(label.max()) + 1
+    if g == n:  # every face on its own (the usual start): the sums are the faces
+        sums = vecs[np.argsort(label)].copy()
+    else:  # float32: 1M faces x 256 dims in 1 GB
+        sums = np.zeros((g, vecs.shape[1]), np.float32)
+        np.add.at(sums, label, vecs)
+    size = np.bincount(label, minlength=g).astype(np.float64)
+    is_frozen = np.zeros(g, bool)
+    if frozen is not None:
+        is_frozen[label[np.asarray(frozen, bool)]] = True
+    # a starting group of several faces is as cohesive as its mean internal similarity
+    internal = np.where(size > 1, ((sums * sums).sum(1) - size) / np.maximum(size * (size - 1), 1), 1.0)
+    cohesion = np.minimum(internal, 1.0)
 
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
+    # cannot-links as face pairs: faces of one photo, and the given ones
+    order = np.argsort(image_ids, kind="stable")
+    sid = image_ids[order]
+    same = np.nonzero(sid[1:] == sid[:-1])[0]
+    photo_pairs = _photo_pairs(order, sid, same)
+    cx = np.asarray(cannot, np.int64).reshape(-1, 2) if cannot is not None else np.zeros((0, 2), np.int64)
+    cl = np.concatenate([photo_pairs, cx])
 
-    for e in order:
-        ra, rb = find(int(a[e])), find(int(b[e]))
-        if ra == rb:
-            continue
-        pair = (ra, rb) if ra < rb else (rb, ra)
-        links[pair] = links.get(pair, 0) + 1
-        if photos[ra] & photos[rb]:
-            continue  # cannot-link: the groups share a photo
-        if min_links and links[pair] < min_links * min(size[ra], size[rb]):
-            continue
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
-        photos[ra] |= photos.pop(rb)
-    roots = np.array([find(i) for i in range(n)])
-    _, labels = np.unique(roots, return_inverse=True)
-    return labels.astype(np.int64)
+    # candidate pairs above the threshold
+    if edges is None:
+        sims, nbrs = knn_graph(vecs, k + 1, exact_limit=exact_limit)
+        a = np.repeat(np.arange(n), nbrs.shape[1])
+        b = nbrs.reshape(-1)
+        s = sims.reshape(-1)
+    else:
+        a, b, s = (np.asarray(x) for x in edges)
+    ok = (b >= 0) & (s >= floor)
+    pa, pb = label[a[ok]], label[b[ok].astype(np.int64)]
+    keys = np.unique(_keys(pa, pb, g))
+    keys = keys[keys // g != keys % g]
+
+    rounds = 0
+    while len(keys) and rounds < MAX_ROUNDS:
+        rounds += 1
+        pa, pb = keys // g, keys % g
+        score = np.einsum("ij,ij->i", sums[pa], sums[pb]) / (size[pa] * size[pb])
+        # below the floor a pair can never merge (a merged group's link is a weighted mean of its parts' links)
+        bad = score < floor
+        bad |= is_frozen[pa] & is_frozen[pb]
+        if len(cl):
+            bad |= np.isin(keys, _keys(label[cl[:, 0]], label[cl[:, 1]], g))
+        keys, pa, pb, score = keys[~bad], pa[~bad], pb[~bad], score[~bad]
+        ready = score >= bar.at(size[pa] * size[pb])
+        if not ready.any():
+            break
+        keys_all = keys
+        pa, pb, score = pa[ready], pb[ready], score[ready]
+        # each group's best neighbour (ties broken by the smaller key, so both ends agree)
+        src = np.concatenate([pa, pb])
+        dst = np.concatenate([pb, pa])
+        sc = np.concatenate([score, score])
+        o = np.lexsort((dst, -sc, src))
+        first = np.ones(len(o), bool)
+        first[1:] = src[o][1:] != src[o][:-1]
+        best = np.full(g, -1, np.int64)
+        best[src[o][first]] = dst[o][first]
+        mutual = best[pb] == pa
+        mutual &= best[pa] == pb
+        if not mutual.any():
+            break  # cannot happen with a strict order, kept as a guard
+        ma, mb, ms = pa[mutual], pb[mutual], score[mutual]
+        # merge mb into ma (each group is in at most one mutual pair)
+        sums[ma] += sums[mb]
+        size[ma] += size[mb]
+        is_frozen[ma] |= is_frozen[mb]
+        cohesion[ma] = np.minimum(np.minimum(cohesion[ma], cohesion[mb]), ms)
+        size[mb] = 0
+        remap = np.arange(g)
+        remap[mb] = ma
+        label = remap[label]
+        keys = np.unique(_keys(remap[keys_all // g], remap[keys_all % g], g))
+        keys = keys[keys // g != keys % g]
+    final, labels = np.unique(label, return_inverse=True)
+    return Clustering(labels.astype(np.int64), cohesion[final], rounds)
 
 
-def carry_over(old: dict[int, set[int]], new_groups: list[list[int]], keep: set[int]) -> list[int | None]:
-    """Map each new group to an old person id (largest overlap, each old id used once), so names survive.
-
-    Only old ids in `keep` (e.g. named people) are carried; others become new people.
-    """
-    candidates = []
-    for g_index, group in enumerate(new_groups):
-        members = set(group)
-        for pid, faces in old.items():
-            if pid in keep:
-                overlap = len(members & faces)
-                if overlap:
-                    candidates.append((overlap, g_index, pid))
-    result: list[int | None] = [None] * len(new_groups)
-    used: set[int] = set()
-    for _overlap, g_index, pid in sorted(candidates, reverse=True):
-        if result[g_index] is None and pid not in used:
-            result[g_index] = pid
-            used.add(pid)
-    return result
+def _photo_pairs(order: np.ndarray, sid: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """All pairs of faces that share a photo (rows into the original order)."""
+    if not len(same):
+        return np.zeros((0, 2), np.int64)
+    # runs of equal image ids in the sorted order
+    starts = np.nonzero(np.concatenate([[True], sid[1:] != sid[:-1]]))[0]
+    ends = np.concatenate([starts[1:], [len(sid)]])
+    out = []
+    for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):  # photos with several faces only
+        i, j = np.triu_indices(e - s, 1)
+        out.append(np.stack([order[s + i], order[s + j]], 1))
+    return np.concatenate(out).astype(np.int64)

@@ -232,14 +232,15 @@ class FaceIndex:
         return search.compare(self, fa, fb, name_a, name_b)
 
     # --- people ------------------------------------------------------------------------------------------------
-    def cluster(self, *, purpose: str | None = None, case: str | None = None) -> list[Person]:
-        """Group all searchable faces into people; names given earlier stay with their people. Audited."""
-        return people.cluster(self, purpose=purpose, case=case)
+    def cluster(self, full: bool = False, *, purpose: str | None = None, case: str | None = None) -> list[Person]:
+        """Group searchable faces into people: new faces only, or all with `full`; names, reviewers' merges and
+        splits stay. Audited."""
+        return people.cluster(self, full, purpose=purpose, case=case)
 
-    def people(self, limit: int | None = None, min_faces: int = 1, *, purpose: str | None = None,
-               case: str | None = None, audit: bool = True) -> list[Person]:
-        """People by size, largest first. Audited (who listed which people, and why)."""
-        return people.people(self, limit, min_faces, purpose=purpose, case=case, audit=audit)
+    def people(self, limit: int | None = None, min_faces: int = 1, sort: str = "size", *,
+               purpose: str | None = None, case: str | None = None, audit: bool = True) -> list[Person]:
+        """People by size, largest first; sort="weakest": least cohesive first (for review). Audited."""
+        return people.people(self, limit, min_faces, sort, purpose=purpose, case=case, audit=audit)
 
     def person(self, person_id: int, *, purpose: str | None = None, case: str | None = None,
                audit: bool = True) -> tuple[Person, list[FaceRecord]]:

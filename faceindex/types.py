@@ -131,6 +131,10 @@ class Person:
     face_count: int
     image_count: int
     sample_face_ids: tuple[int, ...] = ()
+    # the weakest merge that formed the group: mean similarity between its two parts, and the share of
+    # different-person pairs scoring that high (FMR). None for a single face. Review the highest FMR first.
+    cohesion: float | None = None
+    cohesion_fmr: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,13 +117,13 @@ def _face_ids_of(fi, name):
 
 
 def test_cannot_link_faces_of_one_photo():
-    from faceindex.cluster import cluster
+    from faceindex.cluster import group_faces
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=128).astype(np.float32)
     vecs = np.stack([base + rng.normal(scale=0.01, size=128) for _ in range(4)]).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    labels = cluster(vecs, np.array([1, 1, 2, 3]), threshold=0.5)
+    labels = group_faces(vecs, np.array([1, 1, 2, 3]), threshold=0.5).labels
     assert labels[0] != labels[1]  # same photo: never one person
     assert len(set(labels)) == 2
 

@@ -783,3 +783,17 @@ def test_schemathesis(env, fuzz_server):
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
     for name, statuses in reached.items():  # the generated requests got past authentication
         assert statuses - {401}, f"{name}: only {statuses}"
+
+
+def test_people_cohesion_and_weakest_first(env, server):
+    who = auth(env.keys["investigator"])
+    listed = server.client.post("/v1/people/cluster", params={"full": "true", **WHY_Q}, headers=who)
+    assert listed.status_code == 200, listed.text
+    people = server.client.get("/v1/people", params={"sort": "weakest", "min_faces": 2, **WHY_Q},
+                               headers=who).json()
+    assert len(people) >= 2
+    cohesion = [p["cohesion"] for p in people]
+    assert cohesion == sorted(cohesion) and all(0 < p["cohesion_fmr"] < 1 for p in people)
+    one = server.client.get(f"/v1/people/{people[0]['id']}", params=WHY_Q, headers=who).json()
+    assert one["cohesion"] == people[0]["cohesion"]
+    assert server.client.get("/v1/people", params={"sort": "name", **WHY_Q}, headers=who).status_code == 422

@@ -287,7 +287,18 @@ def test_people_after_clustering(page, server):
     assert first_faces >= PER_PERSON - 1  # largest first
     expect(page.locator(".mosaic .tile").first).to_be_visible()
     expect(page.locator(".mosaic .tile.loading")).to_have_count(0)
+    expect(cards.first.locator(".person-cohesion")).to_contain_text("weakest link 1 in")
     shot(page, "people")
+
+    # reviewers can see the least cohesive groups first
+    with page.expect_response(lambda r: "sort=weakest" in r.url):
+        page.get_by_label("Order").select_option("weakest")
+    expect(page.locator("#people-count")).to_have_text(f"{n_people} people")
+    shown = [float(re.search(r"similarity ([0-9.]+)", t).group(1))
+             for t in page.locator(".person-cohesion").all_inner_texts()]
+    assert shown == sorted(shown) and len(shown) >= n_people - 1
+    page.get_by_label("Order").select_option("size")
+    expect(page.locator("#people-count")).to_have_text(f"{n_people} people")
 
     # rename a person from its detail view; the name shows on the list
     cards.first.locator(".person-open").click()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -425,22 +425,27 @@ def create_app(settings: Settings) -> FastAPI:
     # --- people ----------------------------------------------------------------------------------------------
     def person_out(x) -> S.PersonOut:
         return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count,
-                           sample_face_ids=list(x.sample_face_ids))
+                           sample_face_ids=list(x.sample_face_ids), cohesion=x.cohesion, cohesion_fmr=x.cohesion_fmr)
 
     @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
     def people(p: Who, why: Why, min_faces: Annotated[int, Query(ge=1)] = 2,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[S.PersonOut]:
-        """People by size (audited: needs a purpose and a case)."""
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+               sort: Annotated[Literal["size", "weakest"], Query(
+                   description="size: largest first; weakest: least cohesive first (review these)")] = "size",
+               ) -> list[S.PersonOut]:
+        """People by size or weakest first (audited: needs a purpose and a case)."""
         with lock:
-            found = as_(p).people(limit=None, min_faces=min_faces, purpose=why[0], case=why[1])[:limit]
+            found = as_(p).people(limit=None, min_faces=min_faces, sort=sort, purpose=why[0], case=why[1])[:limit]
         charge(p, faces=sum(len(x.sample_face_ids) for x in found), upfront=False)
         return [person_out(x) for x in found]
 
     @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
-    def cluster(p: Who, why: Why) -> list[S.PersonOut]:
-        """Group the faces into people again (audited: needs a purpose and a case)."""
+    def cluster(p: Who, why: Why, full: Annotated[bool, Query(
+            description="re-cluster every face (default: only faces not yet in a person)")] = False,
+                ) -> list[S.PersonOut]:
+        """Group faces into people (audited: needs a purpose and a case)."""
         with lock:
-            found = as_(p).cluster(purpose=why[0], case=why[1])[:100]
+            found = as_(p).cluster(full=full, purpose=why[0], case=why[1])[:100]
         charge(p, faces=sum(x.face_count for x in found), upfront=False)
         return [person_out(x) for x in found]
 

@@ -82,6 +82,8 @@ class PersonOut(BaseModel):
     faces: int
     images: int
     sample_face_ids: list[int] = []  # the best faces, for a mosaic
+    cohesion: float | None = None  # mean similarity of the weakest merge that formed the group (None: one face)
+    cohesion_fmr: float | None = None  # FMR of that similarity: how likely it is between two different people
 
 
 class PersonFace(BaseModel):

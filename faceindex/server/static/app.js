@@ -748,9 +748,10 @@ async function loadPeople() {
   const err = $("#people-error");
   showError(err, null);
   const min = $("#people-singletons").checked ? 1 : 2;
+  const sort = $("#people-sort").value === "weakest" ? "weakest" : "size";
   $("#people-count").textContent = "Loading…";
   try {
-    const list = await api(`v1/people?min_faces=${min}&limit=200`);
+    const list = await api(`v1/people?min_faces=${min}&limit=200&sort=${sort}`);
     renderPeople(list);
   } catch (e) {
     $("#people-count").textContent = "";
@@ -789,6 +790,7 @@ function renderPeople(list) {
         h("span", { class: "person-name" }, title),
         h("span", { class: "person-meta muted small" },
           `${p.faces} face${p.faces === 1 ? "" : "s"} · ${p.images} photo${p.images === 1 ? "" : "s"}`),
+        cohesionLine(p),
       ),
       h("label", { class: "check person-select", for: `sel-${p.id}` }, cb, "Select to merge",
         h("span", { class: "visually-hidden" }, ` ${title}`)),
@@ -796,6 +798,18 @@ function renderPeople(list) {
     grid.append(card);
     people.observer.observe(mosaic);
   }
+}
+
+// How sure the grouping is: the weakest merge that formed the group, as a false-match rate.
+export function cohesionText(p) {
+  if (p.cohesion_fmr == null) return "";
+  return `weakest link ${oneIn(p.cohesion_fmr)} between strangers (similarity ${p.cohesion.toFixed(3)})`;
+}
+
+function cohesionLine(p) {
+  const text = cohesionText(p);
+  return text ? h("span", { class: "person-cohesion muted small", title: "Groups with the weakest links are the "
+    + "most likely to mix two people: check them first (sort: weakest first)." }, text) : "";
 }
 
 async function fillMosaic(mosaic) {
@@ -838,6 +852,7 @@ async function runClustering() {
 $("#cluster-btn").addEventListener("click", runClustering);
 $("#cluster-btn-empty").addEventListener("click", runClustering);
 $("#people-singletons").addEventListener("change", loadPeople);
+$("#people-sort").addEventListener("change", loadPeople);
 
 $("#merge-btn").addEventListener("click", async () => {
   const ids = [...people.selected];
@@ -877,7 +892,7 @@ async function openPerson(id) {
 
 function renderPerson(d) {
   $("#person-title").textContent = d.name || `Unnamed person #${d.id}`;
-  $("#person-meta").textContent = `Person #${d.id} · ${d.faces} face${d.faces === 1 ? "" : "s"} in ${d.images} photo${d.images === 1 ? "" : "s"}`;
+  $("#person-meta").textContent = `Person #${d.id} · ${d.faces} face${d.faces === 1 ? "" : "s"} in ${d.images} photo${d.images === 1 ? "" : "s"}` + (cohesionText(d) ? ` · ${cohesionText(d)}` : "");
   $("#person-name").value = d.name || "";
   const grid = $("#person-faces");
   grid.replaceChildren();
