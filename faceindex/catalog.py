@@ -459,27 +459,8 @@ class Catalog:
         return rec
 
     # --- people ------------------------------------------------------------------------------------------------
-    def people_faces(self) -> dict[int, set[int]]:
-        out: dict[int, set[int]] = {}
-        for fid, pid in self.db.execute("SELECT id, person_id FROM faces WHERE person_id IS NOT NULL"):
-            out.setdefault(pid, set()).add(fid)
-        return out
-
     def person_names(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, name FROM people WHERE name IS NOT NULL").fetchall())
-
-    def replace_people(self, groups: list[tuple[int | None, list[int]]]) -> list[int]:
-        """Store a new clustering: each group is (person id to keep, or None for a new person, face ids)."""
-        with self.transaction():
-            self.db.execute("UPDATE faces SET person_id = NULL")
-            ids = []
-            for pid, faces in groups:
-                if pid is None:
-                    pid = self.db.execute("INSERT INTO people(created_at) VALUES(?)", (now(),)).lastrowid
-                ids.append(pid)
-                self.db.executemany("UPDATE faces SET person_id=? WHERE id=?", [(pid, f) for f in faces])
-            self._drop_empty_people()
-            return ids
 
     def people(self, limit: int | None = None) -> list[tuple[int, str | None, int, int]]:
         """(id, name, faces, images) by size, largest first."""
