@@ -6,8 +6,12 @@ It needs `pip install --no-deps face_recognition` (its declared dlib dependency 
 dlib-bin already provides the module).
 
     python benchmarks/ingest.py [--images 600] [--model yunet-omz95 dlib] [--backend auto|onnx|dlib ...]
+    python benchmarks/ingest.py --probe [--images 100] [--model yunet-omz95 dlib]
 
 --backend applies to the dlib pack (its embedder's runtime); yunet-omz95 always runs on ONNX Runtime.
+--probe measures a search's probe analysis instead: `FaceIndex.faces(path)` (decode + detect + embed, with the
+fallback detector as a search uses it) of one image at a time in this process, one onnxruntime thread, the packs
+interleaved image by image so that a load change hits them alike; wall-clock ms and the process's CPU ms.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw" / "images"
@@ -59,6 +65,37 @@ def run_face_recognition(files: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - t, faces
 
 
+def run_probe(files: list[Path], models: list[str], backend: str) -> None:
+    """Median/mean/p90 ms of one probe's analysis per pack (after one warm-up image that loads the models)."""
+    from faceindex import FaceIndex
+
+    wall: dict[str, list[float]] = {m: [] for m in models}
+    cpu: dict[str, list[float]] = {m: [] for m in models}
+    faces: dict[str, int] = dict.fromkeys(models, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {m: FaceIndex.open(Path(tmp) / m, model=m, backend=backend) for m in models}
+        try:
+            for fi in engines.values():
+                fi.faces(files[0])  # warm-up: loads (and on first use builds) the models
+            for f in files:
+                for m, fi in engines.items():
+                    c, t = time.process_time(), time.perf_counter()
+                    faces[m] += len(fi.faces(f))
+                    wall[m].append((time.perf_counter() - t) * 1000)
+                    cpu[m].append((time.process_time() - c) * 1000)
+        finally:
+            for fi in engines.values():
+                fi.close()
+    print(f"{'pack':14} {'faces':>6} {'median ms':>10} {'mean ms':>8} {'p90 ms':>7} {'median CPU ms':>14}")
+    for m in models:
+        w = np.array(wall[m])
+        print(f"{m:14} {faces[m]:>6} {np.median(w):>10.1f} {w.mean():>8.1f} {np.percentile(w, 90):>7.1f}"
+              f" {np.median(cpu[m]):>14.1f}")
+    if len(models) == 2:
+        a, b = (np.median(wall[m]) for m in models)
+        print(f"median ratio {models[1]}/{models[0]}: {b / a:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=600)
@@ -67,10 +104,16 @@ def main() -> None:
                     help="runtimes of the dlib pack's embedder")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--probe", action="store_true", help="time a search's probe analysis per image instead")
     args = ap.parse_args()
     if not LFW.is_dir():
         sys.exit(f"LFW not found at {LFW}")
     files = sample(args.images)
+    if args.probe:
+        print(f"# probe analysis: {len(files)} LFW images (250x250), {platform.machine()}, {os.cpu_count()} cores, "
+              f"1 onnxruntime thread, dlib backend {args.backend[-1]}")
+        run_probe(files, args.model, args.backend[-1])
+        return
     print(f"# ingest benchmark: {len(files)} LFW images (250x250), {platform.machine()}, {os.cpu_count()} cores, "
           f"flip={'on' if args.flip else 'off'}")
     rows = []
