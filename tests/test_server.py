@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -29,6 +24,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from .servers import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -118,55 +115,6 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 # --- servers ------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`faceindex --data DIR serve` in a subprocess on 127.0.0.1."""
-
-    def __init__(self, data: Path, ingest_root: Path, log: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEINDEX_")}
-        environ.update({f"FACEINDEX_{k.upper()}": v for k, v in env.items()})
-        cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'faceindex'; from faceindex.cli import main; main()",
-               "--data", str(data), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--ingest-root", str(ingest_root)]
-        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=data.parent)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"server did not answer /healthz within 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-
-    def stop(self) -> None:
-        if getattr(self, "client", None) is not None:
-            self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
 @dataclass
 class Env:
     base: Path
@@ -238,7 +186,7 @@ def env(tmp_path_factory) -> Iterator[Env]:
 
 @pytest.fixture(scope="module")
 def server(env: Env) -> Server:
-    s = Server(env.data, env.root, env.base / "server.log", rate_limit="100000", auth_failure_limit="100000",
+    s = Server(env.data, env.base / "server.log", ingest_root=env.root, rate_limit="100000", auth_failure_limit="100000",
                keep_uploads="true",
                max_upload_bytes=str(MAX_UPLOAD), workers="2")
     env.servers.append(s)
@@ -247,14 +195,14 @@ def server(env: Env) -> Server:
 
 @pytest.fixture(scope="module")
 def limited(env: Env) -> Server:
-    s = Server(env.data, env.root, env.base / "limited.log", rate_limit=str(RATE_LIMIT), workers="1")
+    s = Server(env.data, env.base / "limited.log", ingest_root=env.root, rate_limit=str(RATE_LIMIT), workers="1")
     env.servers.append(s)
     return s
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(env: Env) -> Server:
-    s = Server(env.fuzz_data, env.root, env.base / "fuzz.log", rate_limit="100000", auth_failure_limit="100000",
+    s = Server(env.fuzz_data, env.base / "fuzz.log", ingest_root=env.root, rate_limit="100000", auth_failure_limit="100000",
                max_upload_bytes=str(MAX_UPLOAD), workers="1")
     env.servers.append(s)
     return s
