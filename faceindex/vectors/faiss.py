@@ -54,14 +54,6 @@ class FaissIndex:
         index.train(_as_vecs(train, dim))
         return cls(index, dim, nprobe)
 
-    @classmethod
-    def load(cls, path: Path, nprobe: int = 48) -> FaissIndex:
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as e:
-            raise CatalogError(f"cannot read vector index {path}: {e}") from e
-        return cls(index, index.d, nprobe)
-
     @property
     def count(self) -> int:
         return int(self.index.ntotal)

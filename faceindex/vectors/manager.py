@@ -74,10 +74,6 @@ class IndexManager:
             self._trained_n = 0
             self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)
 
-    @property
-    def loaded(self) -> AnyIndex | None:
-        return self._index
-
     def mark_current(self) -> None:
         """The in-memory index reflects the catalog's current generation (after a change made through it)."""
         self._gen = self.catalog.generation
