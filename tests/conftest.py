@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# the browser tests' fixtures (server, browser, page), for every tests/test_web*.py
+pytest_plugins = ["tests.web_support"]
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LFW = DATA / "lfw" / "images"
