@@ -57,6 +57,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/metrics"): frozenset({"admin", "auditor"}),  # audit or keys
     ("GET", "/v1/stats"): ANY_ROLE,
     ("GET", "/v1/me"): ANY_ROLE,
+    ("GET", "/v1/overview"): ANY_ROLE,  # filtered by role (tests/test_server_overview.py)
     ("POST", "/v1/detect"): frozenset({"investigator", "privacy-officer"}),  # search or privacy
     ("POST", "/v1/search"): frozenset({"investigator"}),
     ("POST", "/v1/verify"): frozenset({"investigator"}),
@@ -320,6 +321,7 @@ REQUESTS: dict[tuple[str, str], tuple[Request, int, dict[str, int]]] = {
     ("GET", "/metrics"): (lambda c: ("/metrics", {}), 200, {}),
     ("GET", "/v1/stats"): (lambda c: ("/v1/stats", {}), 200, {}),
     ("GET", "/v1/me"): (lambda c: ("/v1/me", {}), 200, {}),
+    ("GET", "/v1/overview"): (lambda c: ("/v1/overview", {}), 200, {}),
     ("POST", "/v1/detect"): (lambda c: ("/v1/detect", {"files": {"image": face_file()}}), 200, {}),
     ("POST", "/v1/search"): (lambda c: ("/v1/search", {"files": {"probe": face_file()},
                                                        "data": {"purpose": "testing", "case": "MATRIX-1"}}), 200, {}),

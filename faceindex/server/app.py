@@ -57,6 +57,7 @@ from .guard import (
     WorkQueue,
 )
 from .jobs import Jobs
+from .routes_overview import overview_router
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
@@ -333,7 +334,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Faces found in an image (to pick one before searching). Nothing is stored."""
         data = await read_image(image)
         fi = as_(p)
-        fi.allow_any("search", "privacy")
+        fi.allow_any("search", "verify", "privacy")
         charge(p, pixels=upload_pixels(data))
         return [face_out(f) for f in await work.run(locked, fi.faces, data)]
 
@@ -370,11 +371,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/verify", response_model=S.VerifyOut, tags=["search"])
     async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
-                     purpose: Annotated[str, Form()], case: Annotated[str, Form()]) -> S.VerifyOut:
+                     purpose: Annotated[str, Form()], case: Annotated[str, Form()],
+                     face_a: Annotated[int | None, Form(ge=0, le=10_000, description="face of a (POST /v1/detect's "
+                                                       "index); default: the largest")] = None,
+                     face_b: Annotated[int | None, Form(ge=0, le=10_000, description="face of b")] = None,
+                     ) -> S.VerifyOut:
+        """Compare one face of each of two photos (the largest unless chosen). Audited with purpose and case."""
         da, db = await read_image(a), await read_image(b)
         as_(p).allow_any("verify")
         charge(p, pixels=upload_pixels(da) + upload_pixels(db))
-        v = await work.run(locked, as_(p).verify, da, db, purpose=purpose, case=case)
+        v = await work.run(locked, as_(p).verify, da, db, purpose=purpose, case=case, face_a=face_a, face_b=face_b)
         return S.VerifyOut(model=as_(p).pack.name, similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
                            same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
 
@@ -617,6 +623,8 @@ def create_app(settings: Settings) -> FastAPI:
         with lock:
             as_(p).revoke_key(key_id)
         return Response(status_code=204)
+
+    app.include_router(overview_router(engine, jobs, lock, principal, as_))
 
     # --- the web page ------------------------------------------------------------------------------------------
     if STATIC.is_dir():
