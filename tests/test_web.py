@@ -22,6 +22,7 @@ from tests.web_support import (
     PER_PERSON,
     TIMEOUT_MS,
     lfw,
+    open_page,
     shot,
     sign_in,
     sign_out,
@@ -32,12 +33,14 @@ skip_unless_browser()
 
 
 def run_search(pg: Page, probe: Path, case: str, purpose: str = "investigation") -> None:
-    expect(pg.locator("#page-search")).to_be_visible()
+    if not pg.locator("#page-search").is_visible():  # after sign-in every role lands on the Overview
+        open_page(pg, "Search")
     pg.locator("#probe-file").set_input_files(str(probe))
     expect(pg.locator(".face-box")).to_have_count(1)
     expect(pg.locator(".face-box")).to_have_attribute("aria-pressed", "true")
-    pg.get_by_label("Purpose").fill(purpose)
-    pg.get_by_label("Case reference").fill(case)
+    form = pg.locator("#page-search")  # the Verify page has a purpose and a case too
+    form.get_by_label("Purpose").fill(purpose)
+    form.get_by_label("Case reference").fill(case)
     pg.locator("#search-submit").click()
     expect(pg.locator(".cand").first).to_be_visible()
     expect(pg.locator(".crop.loading")).to_have_count(0)
@@ -113,7 +116,8 @@ def test_two_person_confirmation_then_audit(page, server):
 
     sign_out(page)
     sign_in(page, base, keys["aud"])
-    expect(page.locator("#page-audit")).to_be_visible()
+    expect(page.locator("#page-overview")).to_be_visible()
+    open_page(page, "Audit")
     expect(nav.get_by_role("link", name="Search")).to_be_hidden()
     expect(page.locator("#verify-pill")).to_have_text("✓ Chain intact")
     rows = page.locator("#audit-rows tr")
@@ -137,6 +141,8 @@ def test_two_person_confirmation_then_audit(page, server):
 
 def give_purpose_and_case(page, case: str = "WEB-PEOPLE") -> None:
     """Viewing people and faces is audited: the page sends the search form's purpose and case with those reads."""
+    if not page.locator("#page-search").is_visible():
+        open_page(page, "Search")
     page.locator("#purpose").fill("investigation")
     page.locator("#case").fill(case)
 
@@ -194,7 +200,7 @@ def test_people_after_clustering(page, server):
 def test_privacy_access_lists_the_persons_faces(page, server):
     base, keys = server
     sign_in(page, base, keys["priv"])
-    expect(page.locator("#page-privacy")).to_be_visible()
+    open_page(page, "Privacy")
     page.get_by_label("Request reference").first.fill("SAR-WEB-1")
     page.locator("#access-photos").set_input_files(str(lfw("Colin_Powell", 10)))
     page.get_by_role("button", name="Review and run access…").click()
@@ -250,6 +256,7 @@ def test_privacy_optout_receipt_list_and_withdraw(page, server):
     """Last: it deletes faces from the shared index."""
     base, keys = server
     sign_in(page, base, keys["priv"])
+    open_page(page, "Privacy")
     page.get_by_role("tab", name="Opt-out").click()
     panel = page.locator("#panel-optout")
     panel.get_by_label("Request reference").fill("REQ-WEB-1")

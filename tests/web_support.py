@@ -91,7 +91,8 @@ def server(tmp_path_factory):
         report = fi.add([gallery], "lfw", workers=2)
         assert report.ok and report.faces_found >= len(PEOPLE) * PER_PERSON - 2, report.as_dict()
         keys = {name: fi.create_key(name, role)[1] for name, role in [
-            ("inv1", "investigator"), ("inv2", "investigator"), ("aud", "auditor"), ("priv", "privacy-officer")]}
+            ("inv1", "investigator"), ("inv2", "investigator"), ("aud", "auditor"), ("priv", "privacy-officer"),
+            ("adm", "admin")]}
     finally:
         fi.close()
 
@@ -177,3 +178,21 @@ def sign_out(pg: Page) -> None:
     expect(pg.locator("#page-signin")).to_be_visible()
 
 
+
+
+def two_faces(left: Path, right: Path, out: Path) -> Path:
+    """A photo of two people side by side (two LFW photos pasted into one JPEG): a probe with two faces."""
+    from PIL import Image
+
+    a, b = Image.open(left).convert("RGB"), Image.open(right).convert("RGB")
+    canvas = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), (128, 128, 128))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width, 0))
+    canvas.save(out, "JPEG", quality=92)
+    return out
+
+
+def open_page(pg: Page, name: str) -> None:
+    """Go to a page with its link in the navigation (after sign-in every role lands on the Overview)."""
+    pg.get_by_role("navigation", name="Pages").get_by_role("link", name=name, exact=True).click()
+    expect(pg.locator(f"#page-{name.lower()}")).to_be_visible()

@@ -3,7 +3,9 @@
 // core.js holds the shared helpers, the API client and the navigation; each page is its own module and registers
 // itself; the imports below fix the order of the pages.
 import { $, api, route, signIn, signOut, state } from "./core.js";
+import "./overview.js";
 import "./search.js";
+import "./verify.js";
 import "./people.js";
 import "./audit.js";
 import "./privacy.js";

@@ -293,7 +293,7 @@ async function showFaceImage(faceId, title, caption = "") {
 // --- sign in / out, navigation ---------------------------------------------------------------------------------------
 function allowedPages() {
   const perms = new Set(state.me?.permissions || []);
-  return PAGES.filter((p) => perms.has(p.perm)).map((p) => p.id);
+  return PAGES.filter((p) => !p.perm || perms.has(p.perm)).map((p) => p.id); // no perm: every role
 }
 
 function showPage(id) {
@@ -337,7 +337,7 @@ function renderWho() {
   $("#who").hidden = !me;
   if (!me) return;
   const perms = new Set(me.permissions);
-  for (const a of $$("#nav a")) a.hidden = !perms.has(a.dataset.perm);
+  for (const a of $$("#nav a")) a.hidden = !!a.dataset.perm && !perms.has(a.dataset.perm);
   $("#who-name").textContent = me.name;
   $("#who-role").textContent = me.role;
 }

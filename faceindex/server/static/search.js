@@ -1,18 +1,36 @@
 // faceindex web page: the search page.
-import { $, $$, api, authedImg, baseName, confirmStep, cropUrl, fileName, fmtExpected, h, labelClass, oneIn, registerPage, showError, showFaceImage, state, status } from "./core.js";
+import { $, api, authedImg, baseName, confirmStep, cropUrl, fileName, fmtExpected, h, labelClass, oneIn, registerPage, showError, showFaceImage, state, status } from "./core.js";
+import { faceCanvas, facePicker, largest } from "./facepicker.js";
 
 // --- search ---------------------------------------------------------------------------------------------------------
-const search = { file: null, url: null, faces: [], selected: null, token: 0 };
+// Several faces of one probe may be selected: each is searched with its own call (and audited on its own), and the
+// candidates are shown in one group per face.
+const search = { file: null, url: null, token: 0 };
+const picker = facePicker({
+  img: $("#probe-img"),
+  layer: $("#face-boxes"),
+  multiple: true,
+  onChange: (selected, announced) => {
+    $("#search-submit").disabled = !selected.length;
+    $("#search-submit").textContent = selected.length > 1 ? `Search ${selected.length} faces` : "Search";
+    if (announced !== null) {
+      const n = picker.number(announced);
+      const on = selected.includes(announced);
+      status(`Face ${n} ${on ? "selected" : "deselected"}; ${selected.length} of ${picker.faces.length} selected.`);
+    }
+  },
+});
 
 function resetSearch(all = false) {
   if (search.url) URL.revokeObjectURL(search.url);
-  Object.assign(search, { file: null, url: null, faces: [], selected: null, token: search.token + 1 });
+  Object.assign(search, { file: null, url: null, token: search.token + 1 });
+  picker.clear();
   $("#probe-file").value = "";
   $("#probe-view").hidden = true;
   $("#probe-noface").hidden = true;
   $("#dropzone").hidden = false;
-  $("#face-boxes").replaceChildren();
   $("#search-submit").disabled = true;
+  $("#search-submit").textContent = "Search";
   showError($("#search-error"), null);
   if (all) {
     $("#search-form").reset();
@@ -49,17 +67,15 @@ async function setProbe(file) {
   try {
     const faces = await api("v1/detect", { method: "POST", body: form });
     if (token !== search.token) return;
-    search.faces = faces;
-    renderFaceBoxes();
+    picker.show(faces);
     if (!faces.length) {
       $("#probe-faces").textContent = "no faces";
       $("#probe-noface").hidden = false;
       status("No faces found in this photo.");
     } else {
-      // the largest face is the usual subject; the user can pick another
-      const largest = faces.reduce((a, b) => (area(b.box) > area(a.box) ? b : a));
-      selectFace(largest.index, false);
-      $("#probe-faces").textContent = faces.length === 1 ? "1 face" : `${faces.length} faces — choose one`;
+      // the largest face is the usual subject; the user can pick others too
+      picker.select(largest(faces).index, false);
+      $("#probe-faces").textContent = faces.length === 1 ? "1 face" : `${faces.length} faces — choose one or more`;
       status(faces.length === 1 ? "1 face found." : `${faces.length} faces found; the largest is selected.`);
     }
   } catch (e) {
@@ -69,51 +85,6 @@ async function setProbe(file) {
     status("");
   } finally {
     $("#probe-stage").classList.remove("busy");
-  }
-}
-
-const area = (b) => (b[2] - b[0]) * (b[3] - b[1]);
-
-function renderFaceBoxes() {
-  const img = $("#probe-img");
-  const draw = () => {
-    const W = img.naturalWidth;
-    const H = img.naturalHeight;
-    const layer = $("#face-boxes");
-    layer.replaceChildren();
-    if (!W || !H) return;
-    search.faces.forEach((f, i) => {
-      const [x1, y1, x2, y2] = f.box;
-      // percentages of the natural size: the boxes follow the image at any displayed size
-      const btn = h("button", {
-        type: "button",
-        class: "face-box",
-        "aria-pressed": String(f.index === search.selected),
-        "aria-label": `Face ${i + 1} of ${search.faces.length}`,
-        title: `Face ${i + 1}`,
-        dataset: { index: f.index },
-        style: {
-          left: `${(100 * Math.max(0, x1)) / W}%`,
-          top: `${(100 * Math.max(0, y1)) / H}%`,
-          width: `${(100 * (Math.min(W, x2) - Math.max(0, x1))) / W}%`,
-          height: `${(100 * (Math.min(H, y2) - Math.max(0, y1))) / H}%`,
-        },
-        onclick: () => selectFace(f.index, true),
-      }, h("span", { class: "face-num", "aria-hidden": "true" }, String(i + 1)));
-      layer.append(btn);
-    });
-  };
-  if (img.complete && img.naturalWidth) draw();
-  else img.addEventListener("load", draw, { once: true });
-}
-
-function selectFace(index, announce) {
-  search.selected = index;
-  for (const b of $$("#face-boxes .face-box")) b.setAttribute("aria-pressed", String(Number(b.dataset.index) === index));
-  $("#search-submit").disabled = false;
-  if (announce) {
-    const n = search.faces.findIndex((f) => f.index === index) + 1;
-    status(`Face ${n} selected.`);
   }
 }
 
@@ -148,8 +119,9 @@ $("#search-form").addEventListener("submit", async (ev) => {
   const purpose = $("#purpose").value.trim();
   const caseRef = $("#case").value.trim();
   const top = Math.min(200, Math.max(1, Number($("#top").value) || 10));
+  const faces = picker.list();
   if (!search.file) return showError(err, "Choose a probe photo first.");
-  if (search.selected === null) return showError(err, "Choose a face in the photo first.");
+  if (!faces.length) return showError(err, "Choose a face in the photo first.");
   if (!purpose) {
     $("#purpose").focus();
     return showError(err, "Give the purpose of this search.");
@@ -159,35 +131,102 @@ $("#search-form").addEventListener("submit", async (ev) => {
     return showError(err, "Give a case reference: 1–100 letters, digits and - _ . :");
   }
   state.why = { purpose, case: caseRef };
-  const form = new FormData();
-  form.append("probe", search.file, search.file.name);
-  form.append("purpose", purpose);
-  form.append("case", caseRef);
-  form.append("top", String(top));
-  form.append("face", String(search.selected));
+  const token = search.token;
   const btn = $("#search-submit");
+  const label = btn.textContent;
   btn.disabled = true;
   btn.textContent = "Searching…";
+  const root = $("#results");
   $("#results-empty").hidden = true;
-  $("#results").replaceChildren(h("div", { class: "card empty searching" }, h("p", {}, h("strong", {}, "Searching…"),
-    " Comparing the face with every face in the gallery.")));
-  $("#results").setAttribute("aria-busy", "true");
+  root.replaceChildren(h("div", { class: "card empty searching" }, h("p", {}, h("strong", {}, "Searching…"),
+    faces.length > 1 ? ` Comparing ${faces.length} faces, one after the other, with every face in the gallery.`
+      : " Comparing the face with every face in the gallery.")));
+  root.setAttribute("aria-busy", "true");
   status("Searching…", { sticky: true });
+  let found = 0;
+  let failed = 0;
   try {
-    const out = await api("v1/search", { method: "POST", body: form });
-    renderResults(out);
-    const n = out.results.reduce((s, r) => s + r.candidates.length, 0);
-    status(`${n} candidate lead${n === 1 ? "" : "s"} found for case ${out.case}.`);
-  } catch (e) {
-    clearResults();
-    showError(err, e);
-    status("");
+    // one call per face: each search is audited on its own, and one failing does not hide the others
+    for (const [i, face] of faces.entries()) {
+      if (token !== search.token) return; // another photo was chosen meanwhile
+      const form = new FormData();
+      form.append("probe", search.file, search.file.name);
+      form.append("purpose", purpose);
+      form.append("case", caseRef);
+      form.append("top", String(top));
+      form.append("face", String(face));
+      const group = faces.length > 1 ? faceGroup(face) : null;
+      if (group) {
+        if (i === 0) root.replaceChildren(resultsHead({ purpose, case: caseRef, model: "…" }));
+        root.append(group.el);
+      }
+      try {
+        const out = await api("v1/search", { method: "POST", body: form });
+        if (token !== search.token) return;
+        if (!group) {
+          root.replaceChildren(resultsHead(out));
+          renderProbe(root, out.results[0], out.case, 3);
+        } else {
+          $("#results-model").textContent = out.model;
+          group.fill(out.results[0], out.case);
+        }
+        found += out.results.reduce((s, r) => s + r.candidates.length, 0);
+      } catch (e) {
+        if (e.status === 401) return;
+        failed += 1;
+        if (!group) {
+          clearResults();
+          showError(err, e);
+        } else {
+          group.fail(e);
+        }
+      }
+    }
+    const what = `${found} candidate lead${found === 1 ? "" : "s"} found for case ${caseRef}`;
+    if (failed < faces.length) {
+      status(failed ? `${what}; ${failed} of ${faces.length} faces could not be searched.` : `${what}.`);
+      $("#results-title")?.focus({ preventScroll: true });
+    } else {
+      status("");
+    }
   } finally {
-    btn.disabled = false;
-    btn.textContent = "Search";
-    $("#results").setAttribute("aria-busy", "false");
+    btn.disabled = !picker.list().length;
+    btn.textContent = token === search.token ? label : btn.textContent;
+    root.setAttribute("aria-busy", "false");
   }
 });
+
+function resultsHead(out) {
+  return h("div", { class: "results-head" },
+    h("h2", { tabindex: "-1", id: "results-title" }, "Candidate leads"),
+    h("p", { class: "muted small" }, `Purpose `, h("strong", {}, out.purpose), ` · case `, h("strong", {}, out.case),
+      ` · model `, h("strong", { id: "results-model", title: "The model pack that made the embeddings" }, out.model)),
+  );
+}
+
+/** One group of the results: the probe face it is for, then its candidates (or why it could not be searched). */
+function faceGroup(face) {
+  const n = picker.number(face);
+  const id = `face-group-${face}`;
+  const body = h("div", { class: "face-group-body" }, h("p", { class: "muted" }, "Searching…"));
+  const el = h("section", { class: "face-group", "aria-labelledby": id, dataset: { face } },
+    h("div", { class: "face-group-head" },
+      faceCanvas($("#probe-img"), picker.face(face).box, `Face ${n} of the probe photo`, 64),
+      h("h3", { id }, `Face ${n}`)),
+    body);
+  return {
+    el,
+    fill(r, caseRef) {
+      body.replaceChildren();
+      renderProbe(body, r, caseRef, 4);
+    },
+    fail(e) {
+      const alert = h("div", { class: "alert alert-error", role: "alert" });
+      showError(alert, `Face ${n} could not be searched: ${e.message}`);
+      body.replaceChildren(alert);
+    },
+  };
+}
 
 function confirmationBadge(c) {
   if (c.confirmation === "confirmed") {
@@ -199,40 +238,27 @@ function confirmationBadge(c) {
   return h("span", { class: "badge badge-none" }, "not confirmed");
 }
 
-function renderResults(out) {
-  const root = $("#results");
-  $("#results-empty").hidden = true;
-  root.replaceChildren();
-  const head = h("div", { class: "results-head" },
-    h("h2", { tabindex: "-1", id: "results-title" }, "Candidate leads"),
-    h("p", { class: "muted small" }, `Purpose `, h("strong", {}, out.purpose), ` · case `, h("strong", {}, out.case),
-      ` · model `, h("strong", { id: "results-model", title: "The model pack that made the embeddings" }, out.model)),
-  );
-  root.append(head);
-  for (const r of out.results) {
-    const meta = h("div", { class: "probe-summary card" },
-      h("div", { class: "summary-item" }, h("span", { class: "summary-k" }, "Gallery"),
-        h("span", { class: "summary-v" }, `${r.gallery_size.toLocaleString("en-US")} faces`)),
-      h("div", {
-        class: "summary-item",
-        title: "How many different people are expected to reach the 'possible candidate' bar in this gallery by "
-          + "chance: that bar's false-match rate × gallery size.",
-      }, h("span", { class: "summary-k" }, "Expected false candidates at the possible bar"),
-        h("span", { class: "summary-v" }, fmtExpected(r.expected_false_candidates))),
-      h("div", { class: "summary-item" }, h("span", { class: "summary-k" }, "Probe quality"),
-        h("span", { class: "summary-v" }, qualityText(r.face.quality))),
-    );
-    root.append(meta);
-    if (!r.candidates.length) {
-      root.append(h("div", { class: "card empty" }, h("p", {}, h("strong", {}, "No candidates."),
-        " Nothing in the gallery is similar enough to list.")));
-      continue;
-    }
-    const list = h("ol", { class: "cand-list", "aria-label": "Candidates, most similar first" });
-    for (const c of r.candidates) list.append(candidateCard(c, out.case));
-    root.append(list);
+function renderProbe(root, r, caseRef, level) {
+  root.append(h("div", { class: "probe-summary card" },
+    h("div", { class: "summary-item" }, h("span", { class: "summary-k" }, "Gallery"),
+      h("span", { class: "summary-v" }, `${r.gallery_size.toLocaleString("en-US")} faces`)),
+    h("div", {
+      class: "summary-item",
+      title: "How many different people are expected to reach the 'possible candidate' bar in this gallery by "
+        + "chance: that bar's false-match rate × gallery size.",
+    }, h("span", { class: "summary-k" }, "Expected false candidates at the possible bar"),
+      h("span", { class: "summary-v" }, fmtExpected(r.expected_false_candidates))),
+    h("div", { class: "summary-item" }, h("span", { class: "summary-k" }, "Probe quality"),
+      h("span", { class: "summary-v" }, qualityText(r.face.quality))),
+  ));
+  if (!r.candidates.length) {
+    root.append(h("div", { class: "card empty" }, h("p", {}, h("strong", {}, "No candidates."),
+      " Nothing in the gallery is similar enough to list.")));
+    return;
   }
-  $("#results-title")?.focus({ preventScroll: true });
+  const list = h("ol", { class: "cand-list", "aria-label": "Candidates, most similar first" });
+  for (const c of r.candidates) list.append(candidateCard(c, caseRef, level));
+  root.append(list);
 }
 
 function qualityText(q) {
@@ -243,7 +269,7 @@ function qualityText(q) {
   return parts.join(" · ") || "—";
 }
 
-function candidateCard(c, caseRef) {
+function candidateCard(c, caseRef, level = 3) {
   // the bar shows how rare the score is among different people (calibrated, the same for every model pack):
   // FMR 1 -> empty, 1 in 100 million -> full; raw similarities are on each model's own scale
   const pct = Math.max(0, Math.min(1, -Math.log10(Math.max(c.fmr, 1e-9)) / 8)) * 100;
@@ -295,7 +321,7 @@ function candidateCard(c, caseRef) {
         h("span", { class: `label ${labelClass(c.label)}` }, c.label),
         badgeSlot,
       ),
-      h("h3", { class: "cand-file", title: c.path }, h("span", { class: "visually-hidden" }, `Candidate ${c.rank}: `), fileName(file)),
+      h(`h${level}`, { class: "cand-file", title: c.path }, h("span", { class: "visually-hidden" }, `Candidate ${c.rank}: `), fileName(file)),
       h("p", { class: "cand-meta" }, `source ${c.source}`, person ? ` · ${person}` : ""),
       h("div", { class: "simbar" },
         h("div", {
