@@ -70,6 +70,51 @@ def focus_is_visible(pg: Page) -> bool:
     }""")
 
 
+AUDIT_PAGE_JS = """(root) => {
+    const lum = (c) => {
+        const [r, g, b] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const rgba = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+    const background = (el) => {
+        for (; el; el = el.parentElement) {
+            const c = rgba(getComputedStyle(el).backgroundColor);
+            if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
+        }
+        return [255, 255, 255];
+    };
+    const problems = [];
+    const page = document.querySelector(root);
+    for (const el of page.querySelectorAll("*")) {
+        if (!el.offsetParent && getComputedStyle(el).position !== "fixed") continue;  // not shown
+        const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+        if (own && !el.closest(".visually-hidden")) {
+            const s = getComputedStyle(el);
+            const fg = rgba(s.color).slice(0, 3);
+            const [a, b] = [lum(fg), lum(background(el))].sort((x, y) => y - x);
+            const ratio = (a + 0.05) / (b + 0.05);
+            const large = parseFloat(s.fontSize) >= 24 || (parseFloat(s.fontSize) >= 18.66 && Number(s.fontWeight) >= 700);
+            const disabled = el.closest("button:disabled");
+            if (!disabled && ratio < (large ? 3 : 4.5)) {
+                const text = el.textContent.trim().slice(0, 30);
+                problems.push(`contrast ${ratio.toFixed(2)}: ${el.tagName}.${el.className} "${text}"`);
+            }
+        }
+        if (el.matches("input:not([type=hidden]), select, textarea, button, [role=meter], canvas[role=img]")) {
+            const named = el.labels?.length || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby")
+                || (el.tagName === "BUTTON" && el.textContent.trim());
+            if (!named) problems.push(`no label: ${el.outerHTML.slice(0, 80)}`);
+        }
+    }
+    return problems;
+}"""
+
+
+def accessibility_problems(pg: Page, root: str) -> list[str]:
+    """Text below WCAG AA contrast against its background, and controls without an accessible name, in `root`."""
+    return pg.evaluate(AUDIT_PAGE_JS, root)
+
+
 def choose_with_keyboard(pg: Page, input_selector: str, photo: Path) -> None:
     tab_to(pg, input_selector)
     assert focus_is_visible(pg)
@@ -116,7 +161,16 @@ def test_overview_is_every_roles_landing_page(page, server):
             expect(page.locator("#ov-attention")).to_contain_text("Nothing needs attention")
             expect(page.locator('#ov-sources tr[data-source="lfw"] td[data-label="Files"]')).to_have_text(
                 str(len(PEOPLE) * PER_PERSON))
+            assert accessibility_problems(page, "#page-overview") == []
             shot(page, "overview")
+            # the check itself finds pale text and an unlabelled control
+            page.evaluate("""() => {  // (the page's CSP refuses inline style attributes; the CSSOM is allowed)
+                document.getElementById('ov-body').insertAdjacentHTML('beforeend', '<p id=pale>pale</p><input id=nolabel>');
+                document.getElementById('pale').style.color = '#aaa';
+            }""")
+            found = accessibility_problems(page, "#page-overview")
+            assert len(found) == 2 and found[0].startswith("contrast 2.") and "nolabel" in found[1], found
+            page.evaluate("document.getElementById('pale').remove(); document.getElementById('nolabel').remove()")
         page.get_by_role("button", name="Sign out").click()
     assert seen["inv1"] == {"sources": 0, "jobs": 0, "head": 0, "attention": 0}  # gallery, model, chain only
     assert seen["aud"] == {"sources": 1, "jobs": 0, "head": 1, "attention": 0}  # the chain's head to keep elsewhere
@@ -145,6 +199,8 @@ def test_overview_shows_the_admins_warnings_and_its_errors(page, server):
     expect(att.locator('li[data-kind="audit_broken"]')).to_contain_text("record 3")
     expect(page.locator("#ov-chain")).to_have_text("✕ Audit chain broken")
     expect(page.locator("#ov-body")).to_contain_text("first bad record #3")
+    assert accessibility_problems(page, "#page-overview") == []
+    shot(page, "overview-attention")
     page.unroute("**/v1/overview")
 
     slow = json.dumps({"error": {"code": "rate_limited", "message": "too many requests for this user"}})
@@ -198,6 +254,8 @@ def test_verify_two_chosen_faces_with_the_keyboard_alone(page, server, photos):
     expect(out.locator("canvas.crop")).to_have_count(2)  # both faces, side by side
     expect(out.locator("figcaption").first).to_contain_text("Photo A")
     same = float(page.locator("#vf-similarity").inner_text())
+    assert accessibility_problems(page, "#page-verify") == []
+    assert accessibility_problems(page, "header") == []
     shot(page, "verify")
 
     # the other face of photo A (Tony Blair) is not a candidate for Colin Powell
@@ -256,6 +314,7 @@ def test_search_several_faces_shows_one_group_per_face(page, server, photos):
     expect(page.locator("#search-submit")).to_have_text("Search 2 faces")
     page.locator("#page-search").get_by_label("Purpose").fill("investigation")
     page.locator("#page-search").get_by_label("Case reference").fill("WEB-MULTI")
+    page.locator("#page-search").get_by_label("Candidates").fill("4")
     page.locator("#search-submit").click()
     groups = page.locator("#results .face-group")
     expect(groups).to_have_count(2)
@@ -267,6 +326,7 @@ def test_search_several_faces_shows_one_group_per_face(page, server, photos):
         expect(g.locator("h3")).to_have_text(re.compile(r"^Face \d+$"))
         tops[g.get_attribute("data-face")] = g.locator(".cand-file").first.inner_text()
     assert "Tony_Blair_" in tops[left] and "Colin_Powell_" in tops[right], tops
+    assert accessibility_problems(page, "#page-search") == []
     shot(page, "search-groups")
     records = api(base, keys["aud"], "v1/audit?" + urllib.parse.urlencode({"action": "search", "case": "WEB-MULTI"}))
     assert sorted(str(r["details"]["face"]) for r in records) == sorted([left, right])  # one record per face
