@@ -117,6 +117,8 @@ def test_admin_is_warned_of_a_failed_job_an_expired_source_and_a_broken_chain(en
     assert "the disk is full" in kinds["job_failed"]["message"]
     assert "lfw" in kinds["source_expired"]["message"] and "30-day" in kinds["source_expired"]["message"]
     assert "record 1" in kinds["audit_broken"]["message"]
+    assert [kinds[k]["page"] for k in ("job_failed", "source_expired", "audit_broken")] == ["photos", "collections",
+                                                                                          "audit"]
     assert adm["sources"][0]["expired"] is True
     assert [j["state"] for j in adm["jobs"]] == ["failed"] and adm["jobs"][0]["error"] == "the disk is full"
     assert adm["audit"]["ok"] is False and adm["audit"]["first_bad_seq"] == 1

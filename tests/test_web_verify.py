@@ -182,7 +182,7 @@ def test_overview_shows_the_admins_warnings_and_its_errors(page, server):
     """The warnings themselves are made real (a failed job, expired files, a tampered log) in
     tests/test_server_overview.py; here the page must show what the API says, and an API error next to it."""
     base, keys = server
-    warnings = [{"kind": "job_failed", "page": "ingest", "message": "Ingest job 1234abcd (lfw) failed: disk full."},
+    warnings = [{"kind": "job_failed", "page": "photos", "message": "Ingest job 1234abcd (lfw) failed: disk full."},
                 {"kind": "audit_broken", "page": "audit", "message": "The audit chain is broken at record 3."}]
 
     def with_warnings(route):

@@ -60,7 +60,7 @@ class AuditChain(BaseModel):
 class Attention(BaseModel):
     kind: Literal["job_failed", "source_expired", "audit_broken"]
     message: str
-    page: str | None = None  # the web page where it is dealt with
+    page: str | None = None  # the web page where it is dealt with (photos: Add photos; collections; audit)
 
 
 class OverviewOut(BaseModel):
@@ -182,7 +182,7 @@ def _attention(sources: list[OverviewSource], listed: list[OverviewJob], res: An
                              "Keep the data folder as it is and tell your auditor.", page="audit"))
     for j in listed:
         if j.state == "failed":
-            out.append(Attention(kind="job_failed", page="ingest", message=(
+            out.append(Attention(kind="job_failed", page="photos", message=(
                 f"Ingest job {j.id[:8]} ({j.source or 'no source'}, started {j.created_at}) failed: "
                 f"{j.error or 'no reason recorded'}.")))
     for s in sources:

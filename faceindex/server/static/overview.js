@@ -2,6 +2,7 @@
 // server): gallery, model pack, index kind, sources, recent jobs, the audit chain; for the admin what needs attention.
 import { $, allowedPages, api, fmtTime, h, registerPage, showError, state, status } from "./core.js";
 
+const PAGE_NAMES = { photos: "Add photos", collections: "Collections", audit: "Audit" };
 const POLL_MS = 5000; // while an ingest job runs and the overview is shown
 
 const body = h("div", { id: "ov-body", "aria-live": "polite", "aria-busy": "false" });
@@ -78,7 +79,7 @@ function attention(items) {
   return h("div", { class: "card ov-attention ov-warn", id: "ov-attention", role: "region", "aria-labelledby": "ov-att-title" },
     h("h2", { class: "card-title", id: "ov-att-title" }, `⚠ Needs attention (${items.length})`),
     h("ul", { class: "ov-att-list" }, items.map((a) => h("li", { dataset: { kind: a.kind } }, a.message, " ",
-      pageLink(a.page, `Open ${a.page}`)))));
+      pageLink(a.page, `Open ${PAGE_NAMES[a.page] || a.page}`)))));
 }
 
 function chain(a) {
@@ -96,7 +97,8 @@ function chain(a) {
 function sources(list) {
   if (!list.length) {
     return h("div", { class: "card empty", id: "ov-no-sources" }, h("p", {}, h("strong", {}, "No sources yet."),
-      " Photos are added to a source (a collection with its legal basis and retention)."));
+      " Photos are added to a source (a collection with its legal basis and retention)."),
+    pageLink("photos", "Add photos"));
   }
   const rows = list.map((s) => h("tr", { dataset: { source: s.name } },
     h("td", { "data-label": "Source" }, h("strong", {}, s.name)),
