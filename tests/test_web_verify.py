@@ -271,6 +271,18 @@ def test_verify_two_chosen_faces_with_the_keyboard_alone(page, server, photos):
     records = api(base, keys["aud"], "v1/audit?" + urllib.parse.urlencode({"action": "verify", "case": "WEB-VERIFY"}))
     assert len(records) == 2 and all(r["purpose"] == "investigation" for r in records)
     assert {r["details"]["face_a"] for r in records} == {int(left_i), int(right_i)}
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, base, keys["aud"])
+    open_page(page, "Audit")
+    filters = page.locator("#audit-form")
+    filters.get_by_label("Case").fill("WEB-VERIFY")
+    filters.get_by_label("Action").fill("verify")
+    filters.get_by_role("button", name="Apply").click()
+    summaries = page.locator('#audit-rows tr[data-action="verify"] .detail-sum')
+    expect(summaries).to_have_count(2)
+    # newest first: the second comparison (Tony Blair's face against Colin Powell's) is on top
+    expect(summaries.first).to_have_text(re.compile(rf"^no candidate · similarity [0-9.]+ · faces {left_i} / \d+$"))
+    expect(summaries.nth(1)).to_have_text(re.compile(rf"candidate · similarity [0-9.]+ · faces {right_i} / \d+$"))
 
 
 def test_verify_errors_are_shown_next_to_their_cause(page, server, photos):

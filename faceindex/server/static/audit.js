@@ -60,7 +60,13 @@ function detailSummary(r) {
       const res = Array.isArray(d.results) ? d.results : [];
       const n = res.reduce((s, x) => s + (Array.isArray(x) && Array.isArray(x[0]) ? x.length : 1), 0);
       const probe = d.probe_sha256 ? ` · probe ${String(d.probe_sha256).slice(0, 10)}…` : "";
-      return `${n} candidate${n === 1 ? "" : "s"}${probe}`;
+      const face = d.face !== null && d.face !== undefined ? ` · face index ${d.face}` : ""; // one face of the probe
+      return `${n} candidate${n === 1 ? "" : "s"}${face}${probe}`;
+    }
+    case "verify": {
+      const faces = `faces ${d.face_a ?? "largest"} / ${d.face_b ?? "largest"}`;
+      if (d.error) return `${faces} · ${d.error}`;
+      return `${d.decision} · similarity ${Number(d.similarity).toFixed(3)} · ${faces}`;
     }
     case "confirm":
       return `face ${d.face_id} · ${d.status}`;

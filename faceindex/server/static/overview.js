@@ -32,7 +32,7 @@ async function load() {
     const busy = (o.jobs || []).some((j) => j.state === "queued" || j.state === "running");
     if (busy) timer = setTimeout(() => state.page === "overview" && state.me && load(), POLL_MS);
   } catch (e) {
-    if (mine === loading) showError(error, `Could not load the overview: ${e.message}`);
+    if (mine === loading && e.status !== 401) showError(error, `Could not load the overview: ${e.message}`);
   } finally {
     if (mine === loading) {
       body.setAttribute("aria-busy", "false");

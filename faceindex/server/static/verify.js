@@ -103,6 +103,13 @@ function photoSlot(key) {
   return slot;
 }
 
+// a photo dropped on the verify page outside both drop zones is ignored (instead of the browser opening it)
+for (const t of ["dragover", "drop"]) {
+  document.addEventListener(t, (e) => {
+    if (state.page === "verify" && e.dataTransfer?.types?.includes("Files")) e.preventDefault();
+  });
+}
+
 const A = photoSlot("a");
 const B = photoSlot("b");
 
