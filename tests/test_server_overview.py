@@ -62,7 +62,7 @@ def test_overview_shows_each_role_what_it_may_see(env):
         assert x["role"] == role and x["name"] == f"t-{role}"
         assert x["gallery_faces"] >= len(PEOPLE) * PER_PERSON - 1 and x["images"] == len(PEOPLE) * PER_PERSON
         assert x["model_pack"] and x["index_kind"] and x["source_count"] == 1
-        assert x["audit"]["ok"] is True and x["audit"]["records"] >= 1
+        assert x["audit"]["ok"] is True and x["audit"]["records"] >= 1 and x["audit"]["checked_at"]
     inv = o["investigator"]
     assert inv["sources"] is None and inv["jobs"] is None and inv["attention"] is None
     assert inv["audit"]["head"] is None and inv["audit"]["problem"] is None
@@ -92,9 +92,10 @@ def test_overview_bad_requests(env, method, url, headers, status, code):
     assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
 
 
-def test_admin_is_warned_of_a_failed_job_an_expired_source_and_a_broken_chain(env, tmp_path):
+def test_admin_is_warned_of_a_failed_job_an_expired_source_and_a_broken_chain(env, tmp_path, monkeypatch):
     """On a copy of the data folder (it is tampered with): each condition made real, each warning shown."""
     from faceindex import FaceIndex
+    from faceindex.server import routes_overview
     from faceindex.server.jobs import Job, save
 
     data = tmp_path / "data"
@@ -105,11 +106,16 @@ def test_admin_is_warned_of_a_failed_job_an_expired_source_and_a_broken_chain(en
         fi.set_source("lfw", retention_days=30)
     with sqlite3.connect(data / "catalog.db") as db:  # files added long ago, and never purged
         db.execute("UPDATE files SET added_at = '2001-01-01T00:00:00+00:00'")
-    with sqlite3.connect(data / "audit.db") as db:  # as someone holding the file would: the triggers dropped first
-        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-            db.execute(f"DROP TRIGGER {trigger}")
-        db.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 1")
     with _client(data) as c:
+        before = c.get("/v1/overview", headers=auth(env["keys"]["admin"])).json()
+        assert before["audit"]["ok"] is True and before["audit"]["checked_at"]
+        with sqlite3.connect(data / "audit.db") as db:  # as someone holding the file would: triggers dropped first
+            for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                db.execute(f"DROP TRIGGER {trigger}")
+            db.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 1")
+        # a check is reused for CHAIN_CACHE_S; the next one (due at once here) finds the edit
+        assert c.get("/v1/overview", headers=auth(env["keys"]["admin"])).json()["audit"]["ok"] is True
+        monkeypatch.setattr(routes_overview, "CHAIN_CACHE_S", 0.0)
         adm = c.get("/v1/overview", headers=auth(env["keys"]["admin"])).json()
         inv = c.get("/v1/overview", headers=auth(env["keys"]["investigator"])).json()
     kinds = {a["kind"]: a for a in adm["attention"]}

@@ -8,6 +8,7 @@ retention (not yet purged), a broken audit chain. Nothing here reveals a face, s
 """
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,13 +18,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
+from .. import anchor as anchoring
+from ..audit import AuditLog, AuditVerification
 from ..engine import FaceIndex
+from ..errors import FaceIndexError
 from ..policy import PERMISSIONS
 from .jobs import TABLE as JOBS_TABLE
 from .jobs import Jobs
 
+log_ = logging.getLogger("faceindex.server")
 RECENT_JOBS = 10
-CHAIN_CACHE_S = 30.0  # a verification is reused while the head is unchanged and it is younger than this
+CHAIN_CACHE_S = 30.0  # the audit chain is verified again (in the background) when its last check is older
+CHAIN_WAIT_S = 2.0  # how long an overview waits for a check that is due
 
 
 class OverviewSource(BaseModel):
@@ -50,8 +56,9 @@ class OverviewJob(BaseModel):
 
 
 class AuditChain(BaseModel):
-    ok: bool
+    ok: bool | None  # None: the first check is still running
     records: int
+    checked_at: str | None = None  # when the chain was verified (UTC)
     first_bad_seq: int | None = None  # admin and audit roles only
     problem: str | None = None  # admin and audit roles only
     head: str | None = None  # audit roles only: SEQ:HASH to keep elsewhere
@@ -108,29 +115,55 @@ def recent_jobs(engine: FaceIndex, jobs: Jobs, limit: int = RECENT_JOBS) -> list
     return out
 
 
-class _ChainCache:
-    """The audit chain's verification, shared by every overview for a short while (it reads the whole log)."""
+class ChainCheck:
+    """The audit chain's verification for the overview, run in a background thread on its own connection.
 
-    def __init__(self) -> None:
+    Verifying reads every record (seconds for a million), so the landing page never does it inline: a check
+    starts when the last one is older than CHAIN_CACHE_S, and a request waits at most CHAIN_WAIT_S for it (a small
+    log is answered fresh; a large one shows the previous result and when it was made). The check opens its own
+    AuditLog connection: a snapshot read under WAL, so searches keep appending their records meanwhile (the
+    engine's AuditLog would hold its lock, and every audited action, for the whole walk)."""
+
+    def __init__(self, engine: FaceIndex, lock: threading.RLock) -> None:
+        self.engine, self.app_lock = engine, lock
         self.lock = threading.Lock()
-        self.value: tuple[tuple[int, str], float, Any] | None = None
+        self.result: tuple[AuditVerification, str, float] | None = None  # (verification, checked at, monotonic)
+        self.thread: threading.Thread | None = None
 
-    def get(self, engine: FaceIndex) -> tuple[Any, tuple[int, str]]:
-        head = engine.audit.head()
+    def _run(self) -> None:
+        try:
+            with self.app_lock:  # the catalog's connection is the engine's
+                anchor = anchoring.read_anchor(self.engine.catalog)
+            with AuditLog(self.engine.audit.path, key=anchoring.load_key(self.engine.settings)) as log:
+                res = log.verify(anchor)
+        except FaceIndexError as e:
+            res = AuditVerification(False, 0, None, f"The audit log cannot be verified: {e}.")
+        except Exception:  # the thread must not die silently: the overview would wait forever for a result
+            log_.exception("audit chain check failed")
+            res = AuditVerification(False, 0, None, "The audit log cannot be verified: internal error.")
         with self.lock:
-            if self.value and self.value[0] == head and time.monotonic() - self.value[1] < CHAIN_CACHE_S:
-                return self.value[2], head
-            # the audit log has its own lock and reads a snapshot: the engine lock is not needed
-            res = engine.audit.verify()
-            self.value = (head, time.monotonic(), res)
-            return res, head
+            self.result = (res, datetime.now(UTC).isoformat(timespec="seconds"), time.monotonic())
+            self.thread = None
+
+    def get(self, wait: float | None = None) -> tuple[AuditVerification, str] | None:
+        """The latest verification and when it was made (None while the first one runs past the wait)."""
+        with self.lock:
+            due = self.result is None or time.monotonic() - self.result[2] >= CHAIN_CACHE_S
+            if due and self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="audit-chain-check", daemon=True)
+                self.thread.start()
+            running = self.thread
+        if running is not None:
+            running.join(CHAIN_WAIT_S if wait is None else wait)
+        with self.lock:
+            return None if self.result is None else self.result[:2]
 
 
 def overview_router(engine: FaceIndex, jobs: Jobs, lock: threading.RLock, who: Callable[..., Any],
                     as_: Callable[[Any], FaceIndex]) -> APIRouter:
     """The router of GET /v1/overview; `who` is the app's principal dependency (authentication, rate limit)."""
     router = APIRouter()
-    chain = _ChainCache()
+    chain = ChainCheck(engine, lock)
 
     @router.get("/v1/overview", response_model=OverviewOut, tags=["system"])
     def overview(p: Annotated[Any, Depends(who)],
@@ -146,7 +179,8 @@ def overview_router(engine: FaceIndex, jobs: Jobs, lock: threading.RLock, who: C
             pack, kind = engine.pack.name, engine.index.kind
             raw_sources = fi.sources()
             listed = recent_jobs(engine, jobs, jobs_limit) if "ingest" in perms else None
-        res, (seq, digest) = chain.get(engine)
+        checked = chain.get()
+        seq, digest = engine.audit.head()
         now = datetime.now(UTC)
         sources = []
         for s in raw_sources:
@@ -155,9 +189,12 @@ def overview_router(engine: FaceIndex, jobs: Jobs, lock: threading.RLock, who: C
                                           files=s.get("files") or 0, next_expiry=s.get("next_expiry"),
                                           expired=bool(expiry and expiry <= now)))
         admin = bool(perms & {"ingest", "keys"})
-        audit = AuditChain(ok=res.ok, records=res.records_checked)
-        if admin or "audit" in perms:
-            audit.first_bad_seq, audit.problem = res.first_bad_seq, res.problem
+        res = checked[0] if checked else None
+        audit = AuditChain(ok=None, records=seq)
+        if res is not None:
+            audit.ok, audit.records, audit.checked_at = res.ok, res.records_checked, checked[1]
+            if admin or "audit" in perms:
+                audit.first_bad_seq, audit.problem = res.first_bad_seq, res.problem
         if "audit" in perms:
             audit.head = f"{seq}:{digest}"
         out = OverviewOut(name=p.name, role=p.role, gallery_faces=gallery, faces=counts["faces"],
@@ -173,10 +210,11 @@ def overview_router(engine: FaceIndex, jobs: Jobs, lock: threading.RLock, who: C
     return router
 
 
-def _attention(sources: list[OverviewSource], listed: list[OverviewJob], res: Any) -> list[Attention]:
+def _attention(sources: list[OverviewSource], listed: list[OverviewJob],
+               res: AuditVerification | None) -> list[Attention]:
     """What the admin should deal with: a broken audit chain, failed recent jobs, expired files still held."""
     out = []
-    if not res.ok:
+    if res is not None and not res.ok:
         where = f" at record {res.first_bad_seq}" if res.first_bad_seq else ""
         out.append(Attention(kind="audit_broken", message=f"The audit chain is broken{where}: {res.problem} "
                              "Keep the data folder as it is and tell your auditor.", page="audit"))

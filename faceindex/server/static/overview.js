@@ -3,7 +3,7 @@
 import { $, allowedPages, api, fmtTime, h, registerPage, showError, state, status } from "./core.js";
 
 const PAGE_NAMES = { photos: "Add photos", collections: "Collections", audit: "Audit" };
-const POLL_MS = 5000; // while an ingest job runs and the overview is shown
+const POLL_MS = 5000; // while an ingest job runs (or the chain's first check) and the overview is shown
 
 const body = h("div", { id: "ov-body", "aria-live": "polite", "aria-busy": "false" });
 const error = h("div", { class: "alert alert-error", id: "ov-error", role: "alert", hidden: true });
@@ -29,7 +29,7 @@ async function load() {
     const o = await api("v1/overview");
     if (mine !== loading || !state.me) return;
     render(o);
-    const busy = (o.jobs || []).some((j) => j.state === "queued" || j.state === "running");
+    const busy = o.audit.ok === null || (o.jobs || []).some((j) => j.state === "queued" || j.state === "running");
     if (busy) timer = setTimeout(() => state.page === "overview" && state.me && load(), POLL_MS);
   } catch (e) {
     if (mine === loading && e.status !== 401) showError(error, `Could not load the overview: ${e.message}`);
@@ -83,9 +83,15 @@ function attention(items) {
 }
 
 function chain(a) {
+  if (a.ok === null) {
+    return h("div", { class: "card verify-card" }, h("div", { class: "verify-state" },
+      h("span", { class: "pill", id: "ov-chain" }, "Checking…"),
+      h("span", { class: "verify-text" }, `The audit chain (${num(a.records)} records) is being verified.`)));
+  }
   const pill = a.ok ? h("span", { class: "pill pill-ok", id: "ov-chain" }, "✓ Audit chain intact")
     : h("span", { class: "pill pill-bad", id: "ov-chain" }, "✕ Audit chain broken");
   const text = [`${num(a.records)} records checked`];
+  if (a.checked_at) text.push(" ", h("time", { datetime: a.checked_at }, fmtTime(a.checked_at)));
   if (!a.ok && a.first_bad_seq) text.push(` · first bad record #${a.first_bad_seq}`);
   if (!a.ok && a.problem) text.push(` · ${a.problem}`);
   if (a.head) text.push(" · head ", h("code", { title: "Keep this elsewhere to detect a rewritten log" }, a.head));
