@@ -216,6 +216,18 @@ def test_overview_shows_the_admins_warnings_and_its_errors(page, server):
     expect(page.locator("#ov-error")).to_be_hidden()
     expect(page.locator("#ov-chain")).to_have_text("✓ Audit chain intact")
 
+    # while the chain's first check runs the page says so, and asks again by itself (every 5 s) until it is done
+    def checking(route):
+        o = route.fetch().json()
+        o["audit"].update(ok=None, checked_at=None)
+        route.fulfill(json=o)
+
+    page.route("**/v1/overview", checking, times=1)
+    page.locator("#ov-refresh").click()
+    expect(page.locator("#ov-chain")).to_have_text("Checking…")
+    expect(page.locator("#ov-body")).to_contain_text("is being verified")
+    expect(page.locator("#ov-chain")).to_have_text("✓ Audit chain intact", timeout=15_000)
+
 
 def test_verify_two_chosen_faces_with_the_keyboard_alone(page, server, photos):
     base, keys = server
