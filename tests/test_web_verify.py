@@ -413,6 +413,20 @@ def test_pages_fit_390px(browser, server, photos, who):
             expect(pg.locator("#vf-decision")).to_be_visible()
             assert pg.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
             shot(pg, "verify-390")
+            open_page(pg, "Search")  # two faces of one probe, in groups
+            pg.locator("#probe-file").set_input_files(str(photos["pair"]))
+            expect(pg.locator('#face-boxes .face-box[aria-pressed="true"]')).to_have_count(1)
+            for i in main_faces(pg, pg.locator("#face-boxes .face-box"), "#probe-img"):
+                box = pg.locator(f'#face-boxes .face-box[data-index="{i}"]')
+                if box.get_attribute("aria-pressed") == "false":
+                    box.click()
+            search = pg.locator("#page-search")
+            search.get_by_label("Purpose").fill("investigation")
+            search.get_by_label("Case reference").fill("WEB-MULTI-390")
+            search.get_by_label("Candidates").fill("2")
+            pg.locator("#search-submit").click()
+            expect(pg.locator("#results .face-group .cand")).to_have_count(4)
+            assert pg.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
     finally:
         ctx.close()
     assert not errors, errors
