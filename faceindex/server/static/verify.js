@@ -33,7 +33,10 @@ function photoSlot(key) {
     img, layer, name: "Face",
     onChange: (selected, announced) => {
       updateSubmit();
-      if (announced !== null) status(`${title}: face ${slot.picker.number(announced)} selected.`);
+      if (announced !== null) {
+        clearResult(); // a comparison of the faces chosen before would be misleading next to the new choice
+        status(`${title}: face ${slot.picker.number(announced)} selected.`);
+      }
     },
   });
   slot.reset = () => {
