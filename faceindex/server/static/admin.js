@@ -30,8 +30,7 @@ export const plural = (n, one, many = `${one}s`) => `${Number(n).toLocaleString(
 
 export function pct(x) {
   if (x === null || x === undefined) return "not measured";
-  const v = x * 100;
-  return `${v < 0.1 ? v.toFixed(3) : v < 1 ? v.toFixed(2) : v.toFixed(1)}%`;
+  return `${Number((x * 100).toPrecision(2))}%`; // two significant digits: 0.42%, 0.049%, 1.4%
 }
 
 export function bytes(n) {

@@ -15,7 +15,7 @@ const page = mountPage({
   },
   html: `
   <div class="page-head">
-    <h1 id="keys-title">API keys</h1>
+    <h1 id="keys-title">Keys</h1>
     <p class="muted">Each person or program signs in with its own key; its name is the actor in the audit trail and
       its role decides what it may do. Only a hash is stored: a new key is shown once.</p>
   </div>
@@ -43,7 +43,7 @@ const page = mountPage({
       <input id="key-token-value" readonly spellcheck="false" class="mono">
       <button type="button" class="btn btn-primary" id="key-copy">Copy key</button>
     </div>
-    <p class="alert alert-warn"><strong>Store it now: it is shown only this once.</strong> Give it to its user over a
+    <p class="callout-warn"><strong>Store it now: it is shown only this once.</strong> Give it to its user over a
       safe channel; anyone holding it acts under this name.</p>
     <button type="button" class="btn btn-quiet btn-small" id="key-token-done">Done, hide the key</button>
   </section>
@@ -51,7 +51,7 @@ const page = mountPage({
   <div class="card table-card">
     <div class="table-scroll">
       <table class="admin-table" id="keys-table">
-        <caption class="visually-hidden">API keys</caption>
+        <caption class="visually-hidden">Keys, active first</caption>
         <thead><tr><th scope="col">Name</th><th scope="col">Role</th><th scope="col">Key</th>
           <th scope="col">Created</th><th scope="col">Last used</th><th scope="col">State</th>
           <th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
@@ -130,7 +130,7 @@ async function copyToken() {
     status("Key copied to the clipboard.");
   } catch {
     input.select(); // no clipboard access: leave it selected for Ctrl+C
-    status("Select-all done: press Ctrl+C (or ⌘C) to copy the key.");
+    status("The key is selected: press Ctrl+C (or ⌘C) to copy it.");
   }
 }
 

@@ -52,8 +52,8 @@ const page = mountPage({
             <span class="dz-hint" id="up-drop-hint">JPEG, PNG, WebP, BMP, TIFF or GIF; as many as you like.</span>
           </label>
         </div>
-        <p class="small"><label for="up-folder" class="btn btn-small btn-quiet folder-btn">Choose a folder…</label>
-          <input type="file" id="up-folder" webkitdirectory multiple class="visually-hidden"></p>
+        <p class="small"><input type="file" id="up-folder" webkitdirectory multiple class="visually-hidden">
+          <label for="up-folder" class="btn btn-small btn-quiet folder-btn">Choose a folder…</label></p>
         <p class="small" id="up-picked" aria-live="polite"></p>
         <div class="alert alert-error" id="up-error" role="alert" hidden></div>
         <button type="submit" class="btn btn-primary" id="up-submit" disabled>Upload and index</button>
@@ -66,7 +66,7 @@ const page = mountPage({
           <input id="path-path" autocomplete="off" maxlength="4096" required spellcheck="false">
         </div>
         <div class="field">
-          <label for="path-source">Source</label>
+          <label for="path-source">Source of the folder's photos</label>
           <input id="path-source" list="up-sources" autocomplete="off" maxlength="200" required>
         </div>
         <div class="alert alert-error" id="path-error" role="alert" hidden></div>
