@@ -246,12 +246,12 @@ class Jobs:
     @staticmethod
     def _progress(job: Job) -> Callable[[str, dict], None]:
         def on(event: str, info: dict) -> None:
-            if job.cancel:
-                raise Cancelled()
             if event == "scan":
                 job.total = info["files"]
             elif event == "file":
                 job.done += 1
                 job.faces += info.get("faces", 0)
                 job.errors += 1 if info.get("error") else 0
+            if job.cancel:  # after counting the event: the job's figures say what was done
+                raise Cancelled()
         return on

@@ -217,8 +217,7 @@ def router(ctx: Context) -> APIRouter:
         rows = table["packs"].get(fi.pack.name, [])
         return S.PolicyOut(**pol.model_dump(), model=fi.pack.name, optout=rate(fi, pol.optout_fmr, rows),
                            access=rate(fi, pol.access_fmr, rows), rates=[rate(fi, x["fmr"], rows) for x in rows],
-                           rates_source=f"measured on LFW by `{table['command']}` (docs/benchmarks.md)"
-                           if rows else f"no measured rates for model {fi.pack.name}")
+                           rates_source=table["measured"] if rows else f"no measured rates for model {fi.pack.name}")
 
     @r.get("/v1/policy", response_model=S.PolicyOut, tags=["policy"])
     def policy_get(p: Who) -> S.PolicyOut:

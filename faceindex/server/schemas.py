@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..text import MAX_LONG, check_identity, check_text
 
@@ -193,6 +193,8 @@ SourceName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\
 class SourceEdit(BaseModel):
     """Fields of a registered source to change (absent: unchanged)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     basis: str | None = None
     retention_days: int | None = Field(default=None, ge=0, le=36_500)
     notice: LongText | None = Field(default=None, max_length=2000)
@@ -269,6 +271,10 @@ class PolicyOut(BaseModel):
 
 
 class PolicyIn(BaseModel):
+    """Policy fields to change (absent: unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     require_purpose: bool | None = None
     require_case: bool | None = None
     allowed_purposes: list[Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.\-: ]+$")]] | None = \

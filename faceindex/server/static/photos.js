@@ -52,7 +52,7 @@ const page = mountPage({
             <span class="dz-hint" id="up-drop-hint">JPEG, PNG, WebP, BMP, TIFF or GIF; as many as you like.</span>
           </label>
         </div>
-        <p class="small"><input type="file" id="up-folder" webkitdirectory multiple class="visually-hidden">
+        <p class="small folder-row"><input type="file" id="up-folder" webkitdirectory multiple class="visually-hidden">
           <label for="up-folder" class="btn btn-small btn-quiet folder-btn">Choose a folder…</label></p>
         <p class="small" id="up-picked" aria-live="polite"></p>
         <div class="alert alert-error" id="up-error" role="alert" hidden></div>

@@ -21,7 +21,7 @@ const page = mountPage({
     <h2 class="card-title" id="pol-form-title">Searches</h2>
     <div class="field">
       <label for="pol-purposes">Allowed purposes</label>
-      <textarea id="pol-purposes" rows="4" aria-describedby="pol-purposes-hint"></textarea>
+      <textarea id="pol-purposes" rows="6" aria-describedby="pol-purposes-hint"></textarea>
       <p class="hint" id="pol-purposes-hint">One per line. Empty: any purpose.</p>
     </div>
     <div class="checks">
@@ -64,12 +64,15 @@ const page = mountPage({
 
 let current = null;
 
-const rateText = (r) => `${oneIn(r.fmr)} · similarity ${r.similarity?.toFixed(3) ?? "?"} · ` +
-  `leak ${pct(r.leak_rate)} · over-removal ${pct(r.over_removal)}`;
+// An opt-out deletes: its cost is the leak and the bystanders removed. Subject access deletes nothing: what it misses
+// of the person, and how many others it lists for review.
+const rateText = (r, kind) => `${oneIn(r.fmr)} · similarity ${r.similarity?.toFixed(3) ?? "?"} · ` + (kind === "optout"
+  ? `leak ${pct(r.leak_rate)} · over-removal ${pct(r.over_removal)}`
+  : `misses ${pct(r.leak_rate)} · lists ${pct(r.over_removal)} of others`);
 
-function options(select, rates, value) {
+function options(select, rates, value, kind) {
   const list = rates.some((r) => Math.abs(r.fmr - value.fmr) <= value.fmr * 1e-6) ? rates : [value, ...rates];
-  select.replaceChildren(...list.map((r) => h("option", { value: String(r.fmr) }, rateText(r))));
+  select.replaceChildren(...list.map((r) => h("option", { value: String(r.fmr) }, rateText(r, kind))));
   select.value = String(list.find((r) => Math.abs(r.fmr - value.fmr) <= value.fmr * 1e-6).fmr);
 }
 
@@ -79,8 +82,8 @@ function render(p) {
   $("#pol-purpose").checked = p.require_purpose;
   $("#pol-case").checked = p.require_case;
   $("#pol-basis").checked = p.require_source_basis;
-  options($("#pol-optout"), p.rates, p.optout);
-  options($("#pol-access"), p.rates, p.access);
+  options($("#pol-optout"), p.rates, p.optout, "optout");
+  options($("#pol-access"), p.rates, p.access, "access");
   $("#pol-optout-hint").textContent = `Now: leak ${pct(p.optout.leak_rate)}, over-removal ` +
     `${pct(p.optout.over_removal)} per opt-out (model ${p.model}).`;
   $("#pol-access-hint").textContent = `Now: a subject access report misses ${pct(p.access.leak_rate)} of the ` +
