@@ -287,6 +287,31 @@ def test_server_folder_refused_outside_the_root_then_indexed(page, server):
     expect(err).to_be_hidden()
 
 
+def test_delete_a_sources_images_shows_what_goes_and_asks_first(page, server):
+    base, keys, _ = server
+    sign_in(page, base, keys["root-admin"])
+    row = page.locator("#src-rows tr", has_text="album")
+    expect(row).to_contain_text("4")
+    shot(page, "admin-collections")
+    button = row.get_by_role("button", name="Delete the images of album")
+    button.focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text("4 images and 4 faces will be deleted")
+    expect(dialog).to_contain_text("4 files of this source will be forgotten")
+    page.keyboard.press("Escape")  # asks first: nothing happens
+    expect(dialog).to_be_hidden()
+    expect(button).to_be_focused()
+    assert api(base, keys["root-admin"], "GET", "v1/sources/album/images").json()["images"] == 4
+    page.keyboard.press("Enter")
+    dialog.get_by_role("button", name="Delete images").click()
+    expect(page.locator("#status")).to_contain_text("Deleted 4 images and 4 faces of album")
+    expect(row.locator("td[data-label=Images]")).to_have_text("0")
+    expect(row.get_by_role("button", name="Delete the images of album")).to_be_disabled()
+    rec = audit_actions(base, keys, "source.delete_images")[0]
+    assert rec["details"]["source"] == "album" and len(rec["details"]["face_ids"]) == 4
+
+
 # --- keys ------------------------------------------------------------------------------------------------------------------
 def test_keys_create_copy_and_revoke_by_keyboard(page, server):
     base, keys, _ = server
@@ -372,7 +397,34 @@ def test_policy_shows_measured_rates_and_changes_are_confirmed_and_audited(page,
 
 
 # --- every page: keyboard, focus, labels; 390 px -------------------------------------------------------------------------
-def test_every_admin_page_keyboard_focus_and_labels(page, server):
+CONTRAST = """(sel) => {
+    // WCAG 2 contrast of every visible text against the first opaque background behind it
+    const lum = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+        v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+        .reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const bg = (el) => {
+        for (let e = el; e; e = e.parentElement) {
+            const m = getComputedStyle(e).backgroundColor.match(/[\\d.]+/g);
+            if (m && (m.length < 4 || Number(m[3]) > 0.5)) return getComputedStyle(e).backgroundColor;
+        }
+        return 'rgb(255, 255, 255)';
+    };
+    const bad = [];
+    for (const el of document.querySelectorAll(sel + ' *')) {
+        if (!el.getClientRects().length || el.closest('[disabled], .visually-hidden, option')) continue;
+        if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+        const st = getComputedStyle(el);
+        const [a, b] = [lum(st.color), lum(bg(el))];
+        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
+        if (ratio < (size >= 24 || (bold && size >= 18.66) ? 3 : 4.5))
+            bad.push(`${el.tagName} "${el.textContent.trim().slice(0, 40)}": ${ratio.toFixed(2)}`);
+    }
+    return bad;
+}"""
+
+
+def test_every_admin_page_keyboard_focus_labels_and_contrast(page, server):
     base, keys, _ = server
     sign_in(page, base, keys["root-admin"])
     problems = []
@@ -380,7 +432,12 @@ def test_every_admin_page_keyboard_focus_and_labels(page, server):
         go(page, pid)
         page.wait_for_timeout(300)
         problems += focus_audit(page, pid)
+        problems += [f"{pid}: contrast {x}" for x in page.evaluate(CONTRAST, f"#page-{pid}")]
     assert not problems, "\n".join(problems)
+    # the check itself finds pale text (it would pass anything if it were broken)
+    page.evaluate("document.querySelector('#page-policy .page-head').append(Object.assign("
+                  "document.createElement('span'), {id: 'pale', textContent: 'pale', style: 'color:#bbb'}))")
+    assert any('"pale"' in x for x in page.evaluate(CONTRAST, "#page-policy"))
 
 
 def test_admin_pages_fit_390px(browser, server):
