@@ -20,10 +20,11 @@ export function fail(el, err, { focus = null } = {}) {
   if (err && focus) focus.focus();
 }
 
-/** A table's body rows from data; `cells(row)` returns [label, content] pairs (labels stack the cells at 390 px). */
+/** A table's body rows from data; `cells(row)` returns [label, content] pairs (labels stack the cells at 390 px,
+ *  where a cell is a two-column grid: a cell of several parts keeps them together in one span). */
 export function rows(tbody, data, cells) {
   tbody.replaceChildren(...data.map((row) => h("tr", {}, ...cells(row).map(([label, content, cls]) =>
-    h("td", { "data-label": label, class: cls || null }, content)))));
+    h("td", { "data-label": label, class: cls || null }, Array.isArray(content) ? h("span", {}, ...content) : content)))));
 }
 
 export const plural = (n, one, many = `${one}s`) => `${Number(n).toLocaleString("en-US")} ${n === 1 ? one : many}`;
