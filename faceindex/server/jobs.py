@@ -60,6 +60,7 @@ class Job:
     updated_at: str = ""
     seconds: float | None = None  # how long indexing ran, once it ended
     cancel: str | None = None  # who asked to cancel: the next file event stops the job
+    failed: list[str] = field(default_factory=list)  # names of the files that failed so far (reasons: at the end)
 
     def out(self) -> S.JobOut:
         running = self.state == "running"
@@ -70,11 +71,13 @@ class Job:
                         source=self.spec.get("source"), received=self.spec.get("received"),
                         created_at=self.created_at or None, updated_at=self.updated_at or None,
                         seconds=round(secs, 2) if secs else None, images_per_second=rate,
-                        error_files=_error_files(self.result))
+                        error_files=_error_files(self.result) if self.result else
+                        [S.FileErrorOut(file=n, reason="") for n in self.failed])
 
     def progress(self) -> str:
         return json.dumps({"total": self.total, "done": self.done, "faces": self.faces, "errors": self.errors,
-                           "result": self.result, "error": self.error, "seconds": self.seconds})
+                           "result": self.result, "error": self.error, "seconds": self.seconds,
+                           "failed": self.failed})
 
 
 class Cancelled(Exception):
@@ -85,11 +88,12 @@ class Cancelled(Exception):
 def _error_files(result: dict | None) -> list[dict]:
     """The files an ingest could not index and why, by file name only (no server paths to clients)."""
     errors = (result or {}).get("errors") or []
-    out = []
-    for e in errors[:500]:
-        name = Path(str(e.get("path", ""))).name
-        out.append({"file": UPLOAD_PREFIX.sub("", name), "reason": str(e.get("reason", ""))})
-    return out
+    return [{"file": _display_name(e.get("path")), "reason": str(e.get("reason", ""))} for e in errors[:500]]
+
+
+def _display_name(path: str | None) -> str:
+    """A file's name as the user gave it: no server folder, no upload order prefix."""
+    return UPLOAD_PREFIX.sub("", Path(str(path or "")).name)
 
 
 def save(catalog: Catalog, job: Job) -> None:
@@ -128,7 +132,7 @@ def load(catalog: Catalog, job_id: str | None = None, states: tuple[str, ...] = 
         p = json.loads(progress)
         out.append(Job(jid, kind, json.loads(spec), state, p["total"], p["done"], p["faces"], p["errors"],
                        p["result"], p["error"], owner_id, created_at=created, updated_at=updated,
-                       seconds=p.get("seconds")))
+                       seconds=p.get("seconds"), failed=p.get("failed") or []))
     return out
 
 
@@ -251,7 +255,10 @@ class Jobs:
             elif event == "file":
                 job.done += 1
                 job.faces += info.get("faces", 0)
-                job.errors += 1 if info.get("error") else 0
+                if info.get("error"):
+                    job.errors += 1
+                    if len(job.failed) < 500:
+                        job.failed.append(_display_name(info.get("path")))
             if job.cancel:  # after counting the event: the job's figures say what was done
                 raise Cancelled()
         return on

@@ -318,7 +318,8 @@ function renderJob(job) {
   const files = job.error_files || [];
   $("#job-files").replaceChildren(...(files.length ? [h("details", { open: files.length <= 10 || null },
     h("summary", {}, `${plural(files.length, "file")} could not be indexed`),
-    h("ul", { class: "error-files" }, ...files.map((f) => h("li", {}, h("strong", {}, f.file), ` — ${f.reason}`))))] : []));
+    h("ul", { class: "error-files" }, ...files.map((f) => h("li", {}, h("strong", {}, f.file),
+      ` — ${f.reason || "the reason is given when the job ends"}`))))] : []));
   $("#job-cancel").hidden = !ACTIVE.has(job.state);
   $("#job-start").hidden = !(job.state === "uploading" && !mine && job.received);
 }
