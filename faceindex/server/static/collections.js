@@ -26,7 +26,7 @@ const page = mountPage({
     <h2 class="card-title" id="src-form-title">New source</h2>
     <div class="field-row wrap-row">
       <div class="field grow">
-        <label for="src-name">Name</label>
+        <label for="src-name">Source name</label>
         <input id="src-name" autocomplete="off" maxlength="200" required pattern="[\\w.\\- ]+"
                aria-describedby="src-name-hint">
         <p class="hint" id="src-name-hint">Letters, digits, spaces and . _ - (it cannot be renamed later).</p>

@@ -23,7 +23,7 @@ const page = mountPage({
     <h2 class="card-title" id="key-form-title">New key</h2>
     <div class="field-row wrap-row">
       <div class="field grow">
-        <label for="key-name">Name</label>
+        <label for="key-name">Key name</label>
         <input id="key-name" autocomplete="off" maxlength="64" required aria-describedby="key-name-hint">
         <p class="hint" id="key-name-hint">Who uses it, e.g. ada or the name of a program.</p>
       </div>
