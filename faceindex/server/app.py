@@ -531,6 +531,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(404, "not_found", "no such job")
         return j.out()
 
+    # --- admin: sources, jobs, chunked uploads, policy (routes_admin.py) ---------------------------------------------
+    app.include_router(routes_admin.router(routes_admin.Context(
+        settings=settings, engine=engine, lock=lock, jobs=jobs, principal=principal, as_=as_, read_image=read_image,
+        charge=charge, upload_pixels=upload_pixels, error=ApiError, max_body=max_body, slug=_slug,
+        image_suffix=UPLOAD_SUFFIX)))
+
     # --- privacy ---------------------------------------------------------------------------------------------
     @app.post("/v1/optouts", tags=["privacy"])
     async def optout_add(p: Who, photos: Annotated[list[UploadFile], File()],
@@ -618,12 +624,6 @@ def create_app(settings: Settings) -> FastAPI:
         with lock:
             as_(p).revoke_key(key_id)
         return Response(status_code=204)
-
-    # --- admin: sources, jobs, chunked uploads, policy (routes_admin.py) ---------------------------------------------
-    app.include_router(routes_admin.router(routes_admin.Context(
-        settings=settings, engine=engine, lock=lock, jobs=jobs, principal=principal, as_=as_, read_image=read_image,
-        charge=charge, upload_pixels=upload_pixels, error=ApiError, max_body=max_body, slug=_slug,
-        image_suffix=UPLOAD_SUFFIX)))
 
     # --- the web page ------------------------------------------------------------------------------------------
     if STATIC.is_dir():
