@@ -704,7 +704,9 @@ def _fuzz_spec(server: Server) -> dict:
         for op in ops.values():
             mp = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
             if mp:
-                props = spec["components"]["schemas"][mp["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]
+                schema = mp["schema"]  # a $ref, or inline (an endpoint that parses its own form: routes_admin.py)
+                props = (spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema
+                         else schema)["properties"]
                 mp["encoding"] = {k: {"contentType": "image/jpeg"} for k, v in props.items()
                                   if "contentMediaType" in json.dumps(v) or '"binary"' in json.dumps(v)}
     return spec
