@@ -121,7 +121,7 @@ def test_first_run_empty_states_and_sources_by_keyboard(page, server):
     for name in ("Collections", "Add photos", "Keys", "Policy"):
         expect(nav.get_by_role("link", name=name)).to_be_visible()
     expect(nav.get_by_role("link", name="Search")).to_be_hidden()
-    expect(page.locator("#page-collections")).to_be_visible()  # the admin's first page
+    go(page, "collections")
     empty = page.locator("#src-empty")
     expect(empty).to_contain_text("No sources yet")
     expect(empty.get_by_role("link", name="Add photos")).to_be_visible()
@@ -290,6 +290,7 @@ def test_server_folder_refused_outside_the_root_then_indexed(page, server):
 def test_delete_a_sources_images_shows_what_goes_and_asks_first(page, server):
     base, keys, _ = server
     sign_in(page, base, keys["root-admin"])
+    go(page, "collections")
     row = page.locator("#src-rows tr", has_text="album")
     expect(row).to_contain_text("4")
     shot(page, "admin-collections")
