@@ -11,6 +11,7 @@ engine (source.change, source.delete_images, policy.change) or here (ingest.canc
 import json
 import math
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ def router(ctx: Context) -> APIRouter:
     """The admin endpoints, as a router that create_app includes."""
     r = APIRouter()
     lock, jobs = ctx.lock, ctx.jobs
+    receiving = threading.Lock()  # a chunk's files and an upload job's start or cancel, one at a time
     Who = Annotated[Any, Depends(ctx.principal)]
 
     # --- sources -------------------------------------------------------------------------------------------------
@@ -130,9 +132,10 @@ def router(ctx: Context) -> APIRouter:
         what it committed. 409 when the job has already ended. Audited (ingest.cancel)."""
         fi = ctx.as_(p)
         fi.allow_any("ingest")
-        job = own_job(p, job_id)
         try:
-            jobs.request_cancel(job, p.actor)
+            with receiving:
+                job = own_job(p, job_id)
+                jobs.request_cancel(job, p.actor)
         except ValueError as e:
             raise ctx.error(409, "job_ended", str(e)) from e
         with lock:
@@ -180,30 +183,33 @@ def router(ctx: Context) -> APIRouter:
         finally:
             await form.close()
         ctx.charge(p, pixels=sum(ctx.upload_pixels(b) for b, _ in blobs))
-        target = Path(job.spec.get("uploads") or "")
-        if not job.spec.get("uploads") or not target.is_dir():
-            raise ctx.error(409, "not_uploading", f"job {job_id}'s uploaded files are gone")
-        for old in target.glob(f"{chunk:05d}-*"):  # a retried chunk replaces what arrived of it before
-            old.unlink(missing_ok=True)
-        for i, (data, fname) in enumerate(blobs):
-            name = ctx.slug(Path(fname).name)[:80] or "image"
-            if not ctx.image_suffix.search(name):  # the folder walk picks up image suffixes; decoding goes by content
-                name += ".jpg"
-            (target / f"{chunk:05d}-{i:03d}-{name}").write_bytes(data)
-        job.spec["received"] = sum(1 for _ in target.iterdir())
-        jobs.save(job)
+        with receiving:  # the job may have been started or cancelled while the body arrived
+            job = own_job(p, job_id)
+            target = Path(job.spec.get("uploads") or "")
+            if job.state != "uploading" or not target.is_dir():
+                raise ctx.error(409, "not_uploading", f"job {job_id} is {job.state}, not receiving files")
+            for old in target.glob(f"{chunk:05d}-*"):  # a retried chunk replaces what arrived of it before
+                old.unlink(missing_ok=True)
+            for i, (data, fname) in enumerate(blobs):
+                name = ctx.slug(Path(fname).name)[:80] or "image"
+                if not ctx.image_suffix.search(name):  # the folder walk takes image suffixes; decoding goes by content
+                    name += ".jpg"
+                (target / f"{chunk:05d}-{i:03d}-{name}").write_bytes(data)
+            job.spec["received"] = sum(1 for _ in target.iterdir())
+            jobs.save(job)
         return S.ChunkOut(job=job.id, chunk=chunk, files=len(blobs), received=job.spec["received"])
 
     @r.post("/v1/ingest/uploads/{job_id}/start", response_model=S.JobOut, status_code=202, tags=["ingest"])
     def upload_start(p: Who, job_id: str) -> S.JobOut:
         """Index what an upload job received (also after a reload or a restart left it uploading)."""
         ctx.as_(p).allow_any("ingest")
-        job = own_job(p, job_id)
-        if job.state != "uploading":
-            raise ctx.error(409, "not_uploading", f"job {job_id} is {job.state}, not receiving files")
-        if not job.spec.get("received"):
-            raise ctx.error(422, "no_files", "no photos were uploaded to this job")
-        return jobs.start(job.owner, job.spec, job.id, job.created_at).out()
+        with receiving:
+            job = own_job(p, job_id)
+            if job.state != "uploading":
+                raise ctx.error(409, "not_uploading", f"job {job_id} is {job.state}, not receiving files")
+            if not job.spec.get("received"):
+                raise ctx.error(422, "no_files", "no photos were uploaded to this job")
+            return jobs.start(job.owner, job.spec, job.id, job.created_at).out()
 
     # --- policy ----------------------------------------------------------------------------------------------------
     def rate(fi: FaceIndex, fmr: float, rows: list[dict]) -> S.PolicyRate:
