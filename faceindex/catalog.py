@@ -260,6 +260,25 @@ class Catalog:
         return [{"id": i, "name": n, "created_at": c, "basis": b, "notice": no, "retention_days": r, "files": k,
                  "oldest_file": o} for i, n, c, b, no, r, k, o in rows]
 
+    def source_usage(self, source_id: int) -> dict[str, int]:
+        """What a source holds: files, images and faces, and the images and faces no other source holds (what
+        deleting the source's files would remove)."""
+        q = self.db.execute
+        mine = "SELECT image_id FROM files WHERE source_id=?"
+        only = f"({mine}) AND NOT EXISTS (SELECT 1 FROM files o WHERE o.image_id = i.id AND o.source_id <> ?)"
+        return {
+            "files": q("SELECT COUNT(*) FROM files WHERE source_id=?", (source_id,)).fetchone()[0],
+            "images": q(f"SELECT COUNT(*) FROM images WHERE id IN ({mine})", (source_id,)).fetchone()[0],
+            "faces": q(f"SELECT COUNT(*) FROM faces WHERE image_id IN ({mine})", (source_id,)).fetchone()[0],
+            "images_only_here": q(f"SELECT COUNT(*) FROM images i WHERE i.id IN {only}",
+                                  (source_id, source_id)).fetchone()[0],
+            "faces_only_here": q(f"SELECT COUNT(*) FROM faces WHERE image_id IN (SELECT i.id FROM images i WHERE "
+                                 f"i.id IN {only})", (source_id, source_id)).fetchone()[0],
+        }
+
+    def source_file_ids(self, source_id: int) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM files WHERE source_id=?", (source_id,))]
+
     def expired_files(self, source_id: int, cutoff: str) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM files WHERE source_id=? AND added_at < ?",
                                               (source_id, cutoff))]

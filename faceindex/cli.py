@@ -500,9 +500,15 @@ def serve(
     settings = state.settings
     if ingest_root:
         settings = settings.model_copy(update={"ingest_roots": [p.resolve() for p in ingest_root]})
+    web = create_app(settings)
+    if not any(k["role"] == "admin" and not k["revoked_at"] for k in web.state.engine.catalog.keys()):  # noqa: SIM118 (a method)
+        # first run: nobody can sign in to the web page until an admin key exists
+        err.print(f"No admin API key yet. Create the first one (its token is shown once), then sign in at "
+                  f"http://{host}:{port}/ with it:\n  faceindex --data {shown(str(web.state.engine.data))} keys "
+                  f"create --role admin --name admin", markup=False, highlight=False)
     # Slow clients cannot hold connections for ever: idle keep-alives close after 5 s and connections beyond
     # max_connections get 503. Header and body read timeouts belong to a reverse proxy (docs/security.md).
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+    uvicorn.run(web, host=host, port=port, log_level="info", access_log=False,
                 timeout_keep_alive=5, limit_concurrency=settings.max_connections)
 
 

@@ -206,6 +206,24 @@ def sources(fi: FaceIndex) -> list[dict]:
     return out
 
 
+def source_usage(fi: FaceIndex, name: str) -> dict:
+    """What a source holds and what deleting its images would remove (images and faces no other source holds)."""
+    fi.allow_any("ingest", "delete", "privacy", "audit")
+    return {"source": name, **fi.catalog.source_usage(get_source(fi, name)["id"])}
+
+
+def delete_source_images(fi: FaceIndex, name: str) -> dict:
+    """Forget every file of a source: images no other source holds go, with their faces. The source's
+    registration (legal basis, notice, retention) stays. Audited."""
+    fi._allow("delete")
+    source = get_source(fi, name)
+    files, imgs, face_ids = fi.catalog.remove_file_ids(fi.catalog.source_file_ids(source["id"]))
+    fi.vectors.forget(face_ids)
+    result = {"source": name, "files": files, "images": imgs, "faces": len(face_ids)}
+    fi._record("source.delete_images", details={**result, "face_ids": face_ids, "gallery": fi._gallery_state()})
+    return result
+
+
 def retention_apply(fi: FaceIndex, at: datetime | None = None) -> dict:
     """Delete files older than their source's retention period (and faces no other file holds). Audited."""
     fi._allow("delete")

@@ -87,6 +87,19 @@ ALLOWED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/v1/keys"): frozenset({"admin"}),
     ("POST", "/v1/keys"): frozenset({"admin"}),
     ("DELETE", "/v1/keys/{key_id}"): frozenset({"admin"}),
+    # the admin pages' endpoints (server/routes_admin.py; tests/test_server_admin.py)
+    ("GET", "/v1/sources/summary"): frozenset({"admin", "auditor", "privacy-officer"}),
+    ("PUT", "/v1/sources/{name}"): frozenset({"admin"}),
+    ("GET", "/v1/sources/{name}/images"): frozenset({"admin", "auditor", "privacy-officer"}),
+    ("DELETE", "/v1/sources/{name}/images"): frozenset({"admin"}),
+    ("GET", "/v1/jobs"): frozenset({"admin"}),
+    ("POST", "/v1/jobs/{job_id}/cancel"): frozenset({"admin"}),
+    ("GET", "/v1/ingest/limits"): frozenset({"admin"}),
+    ("POST", "/v1/ingest/uploads"): frozenset({"admin"}),
+    ("POST", "/v1/ingest/uploads/{job_id}/files"): frozenset({"admin"}),
+    ("POST", "/v1/ingest/uploads/{job_id}/start"): frozenset({"admin"}),
+    ("GET", "/v1/policy"): frozenset({"admin"}),
+    ("PUT", "/v1/policy"): frozenset({"admin"}),
 }
 
 
@@ -276,7 +289,7 @@ def test_bad_credentials_get_401_on_every_endpoint(env, server):
     }
     failures = []
     for method, path in operations(server):
-        url = path.format(face_id=1, person_id=1, job_id="x", reference="x", key_id=1)
+        url = path.format(face_id=1, person_id=1, job_id="x", reference="x", key_id=1, name="x")
         for what, headers in bad.items():
             r = server.client.request(method, url, headers=headers)
             if ALLOWED.get((method, path), ()) is PUBLIC:
@@ -365,6 +378,19 @@ REQUESTS: dict[tuple[str, str], tuple[Request, int, dict[str, int]]] = {
     ("GET", "/v1/keys"): (lambda c: ("/v1/keys", {}), 200, {}),
     ("POST", "/v1/keys"): (lambda c: ("/v1/keys", {"json": {"name": "matrix", "role": "auditor"}}), 201, {}),
     ("DELETE", "/v1/keys/{key_id}"): (lambda c: (f"/v1/keys/{NOPE}", {}), 404, {}),
+    ("GET", "/v1/sources/summary"): (lambda c: ("/v1/sources/summary", {}), 200, {}),
+    ("PUT", "/v1/sources/{name}"): (lambda c: ("/v1/sources/no-such-source", {"json": {"basis": "consent"}}), 404, {}),
+    ("GET", "/v1/sources/{name}/images"): (lambda c: ("/v1/sources/lfw/images", {}), 200, {}),
+    ("DELETE", "/v1/sources/{name}/images"): (lambda c: ("/v1/sources/no-such-source/images", {}), 404, {}),
+    ("GET", "/v1/jobs"): (lambda c: ("/v1/jobs", {}), 200, {}),
+    ("POST", "/v1/jobs/{job_id}/cancel"): (lambda c: ("/v1/jobs/no-such-job/cancel", {}), 404, {}),
+    ("GET", "/v1/ingest/limits"): (lambda c: ("/v1/ingest/limits", {}), 200, {}),
+    ("POST", "/v1/ingest/uploads"): (lambda c: ("/v1/ingest/uploads", {"json": {"source": "matrix"}}), 201, {}),
+    ("POST", "/v1/ingest/uploads/{job_id}/files"): (lambda c: ("/v1/ingest/uploads/no-such-job/files", {
+        "params": {"chunk": 0}, "files": [("files", face_file())]}), 404, {}),
+    ("POST", "/v1/ingest/uploads/{job_id}/start"): (lambda c: ("/v1/ingest/uploads/no-such-job/start", {}), 404, {}),
+    ("GET", "/v1/policy"): (lambda c: ("/v1/policy", {}), 200, {}),
+    ("PUT", "/v1/policy"): (lambda c: ("/v1/policy", {"json": {}}), 422, {}),  # nothing to change
 }
 
 
@@ -680,7 +706,9 @@ def _fuzz_spec(server: Server) -> dict:
         for op in ops.values():
             mp = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
             if mp:
-                props = spec["components"]["schemas"][mp["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]
+                schema = mp["schema"]  # a $ref, or inline (an endpoint that parses its own form: routes_admin.py)
+                props = (spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema
+                         else schema)["properties"]
                 mp["encoding"] = {k: {"contentType": "image/jpeg"} for k, v in props.items()
                                   if "contentMediaType" in json.dumps(v) or '"binary"' in json.dumps(v)}
     return spec

@@ -45,6 +45,7 @@ from ..errors import (
     PolicyError,
 )
 from ..text import identity_key
+from . import routes_admin
 from . import schemas as S
 from .guard import (
     FACES_PER_UNIT,
@@ -535,6 +536,12 @@ def create_app(settings: Settings) -> FastAPI:
         if j is None or (j.owner != p.key_id and p.role != "admin"):
             raise ApiError(404, "not_found", "no such job")
         return j.out()
+
+    # --- admin: sources, jobs, chunked uploads, policy (routes_admin.py) ---------------------------------------------
+    app.include_router(routes_admin.router(routes_admin.Context(
+        settings=settings, engine=engine, lock=lock, jobs=jobs, principal=principal, as_=as_, read_image=read_image,
+        charge=charge, upload_pixels=upload_pixels, error=ApiError, max_body=max_body, slug=_slug,
+        image_suffix=UPLOAD_SUFFIX)))
 
     # --- privacy ---------------------------------------------------------------------------------------------
     @app.post("/v1/optouts", tags=["privacy"])

@@ -9,6 +9,10 @@ import "./verify.js";
 import "./people.js";
 import "./audit.js";
 import "./privacy.js";
+import "./collections.js"; // the admin pages
+import "./photos.js";
+import "./keys.js";
+import "./policy.js";
 
 // --- start -----------------------------------------------------------------------------------------------------------------
 async function start() {
