@@ -1,0 +1,129 @@
+"""A real Ray cluster for the tests: two nodes on loopback addresses of this machine (head 127.0.0.2, worker 127.0.0.3).
+
+`ray_cluster` (session-scoped) yields the head's address. With FACEINDEX_TEST_RAY=HOST:PORT the tests use that
+cluster instead and leave it running. Each node is one `ray start` in its own process group, so a node is stopped
+(or killed mid-run, to test fault tolerance: `RayNode.kill`) by its process group, and nothing else on the machine
+running Ray is touched. Every node is stopped at the end of the session, whatever happened.
+
+Ray 2.60 starts and joins nodes without any token here (token authentication is opt-in: RAY_AUTH_MODE=token, and
+then every node and driver needs the same token); the fixture clears RAY_AUTH_MODE so a developer's setting cannot
+half-apply. Each node: ~5 s to start, ~0.3 GB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HEAD_IP = "127.0.0.2"
+WORKER_IP = "127.0.0.3"
+OBJECT_STORE = "500000000"  # bytes per node: the smallest Ray accepts comfortably; our batches are small
+START_TIMEOUT_S = 120
+
+
+def ray_cli() -> str | None:
+    """The `ray` command of this interpreter's environment (None when Ray is not installed)."""
+    exe = Path(sys.executable).parent / "ray"
+    return str(exe) if exe.exists() else shutil.which("ray")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("_FACEINDEX_TEST_")}
+    env.pop("RAY_AUTH_MODE", None)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"  # nothing leaves the machine
+    return env
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class RayNode:
+    """One `ray start` node of a test cluster, in its own process group."""
+
+    def __init__(self, ip: str, head: str | None = None, cpus: int = 1) -> None:
+        self.ip = ip
+        args = [ray_cli() or "ray", "start", f"--node-ip-address={ip}", f"--num-cpus={cpus}",
+                f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"]
+        if head is None:
+            self.address = f"{ip}:{_free_port(ip)}"
+            args += ["--head", f"--port={self.address.rsplit(':', 1)[1]}", "--include-dashboard=false"]
+        else:
+            self.address = head
+            args += [f"--address={head}"]
+        # its own session: every process of the node (raylet, workers, agents) keeps this process group
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, env=_env())
+        try:
+            out, _ = self.proc.communicate(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"ray start for {ip} did not finish within {START_TIMEOUT_S} s") from None
+        if self.proc.returncode != 0:
+            self.kill()
+            raise RuntimeError(f"ray start for {ip} failed: {out.strip().splitlines()[-1:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop every process of this node at once (SIGKILL: the node dies as a machine would)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        self.kill(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.kill()
+
+
+def wait_for_cpus(address: str, cpus: int, timeout: float = 60) -> None:
+    """Until the cluster at `address` counts `cpus` CPUs (a node that started has registered)."""
+    code = ("import ray,sys,time\n"
+            f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+            f"t=time.time()\n"
+            f"while ray.cluster_resources().get('CPU',0) != {cpus} and time.time()-t < {timeout}: time.sleep(0.3)\n"
+            f"sys.exit(0 if ray.cluster_resources().get('CPU',0) == {cpus} else 1)\n")
+    res = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
+                         timeout=timeout + 60)
+    if res.returncode != 0:
+        raise RuntimeError(f"the Ray cluster at {address} did not reach {cpus} CPUs: {res.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """Address (HOST:PORT) of a two-node Ray cluster on loopback, one CPU per node."""
+    given = os.environ.get("FACEINDEX_TEST_RAY")
+    if given:
+        yield given
+        return
+    if ray_cli() is None:
+        pytest.skip("Ray is not installed (pip install '.[test]' or '.[cluster]')")
+    nodes: list[RayNode] = []
+    try:
+        nodes.append(RayNode(HEAD_IP))
+        nodes.append(RayNode(WORKER_IP, head=nodes[0].address))
+        wait_for_cpus(nodes[0].address, 2)
+        yield nodes[0].address
+    finally:
+        for n in reversed(nodes):
+            n.stop()
