@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import images
@@ -102,21 +102,24 @@ class RayExecutor:
         self.ray = _import_ray()
         _check_reachable(address)
         self.settings, self.within, self.expect_model = settings, within, expect_model
-        if not self.ray.is_initialized():
+        self._owns_connection = not self.ray.is_initialized()
+        self._restore: Callable[[], None] = lambda: None
+        if self._owns_connection:
+            self._restore = _errors_to_log(self.ray)
             try:
                 # the driver joins the cluster; Ray's own logging stays out of the CLI's output
                 self.ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                               configure_logging=False, namespace="faceindex")
             except Exception as e:  # ConnectionError, RuntimeError, auth errors: one line says which
+                self._restore()
                 raise ExecutorError(f"cannot join the Ray cluster at {address}: {_first_line(e)}") from e
-            self._owns_connection = True
-        else:  # a caller that joined a cluster itself (a notebook, say): use it, leave it joined
-            self._owns_connection = False
+        # else: a caller that joined a cluster itself (a notebook, say): use it, and leave it joined
 
     def close(self) -> None:
         """Leave the cluster (actors made by this driver end with it)."""
         if self._owns_connection and self.ray.is_initialized():
             self.ray.shutdown()
+        self._restore()
 
     def cluster_cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 0))
@@ -253,6 +256,25 @@ class RayExecutor:
             for a in [*live, *starting.values()]:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
+
+
+def _errors_to_log(ray) -> Callable[[], None]:
+    """Send the cluster's error messages (a node died, say) to our log, on stderr, not to stdout.
+
+    Ray's driver prints them to sys.stdout from a thread of its own, whatever `log_to_driver` says, which would
+    corrupt `add --json`. Returns the undo. If Ray's internals differ from 2.60's, nothing is changed.
+    """
+    mod = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(mod, "print_to_stdstream", None)
+    if original is None:
+        return lambda: None
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        for line in data.get("lines", []):
+            log.warning("Ray (%s): %s", data.get("pid", "?"), line)
+
+    mod.print_to_stdstream = to_log
+    return lambda: setattr(mod, "print_to_stdstream", original)
 
 
 def _first_line(e: BaseException) -> str:
