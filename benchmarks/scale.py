@@ -19,6 +19,7 @@ import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,18 +61,37 @@ def _clock_ticks(pid: int) -> int:
     return sum(int(x) for x in fields[11:15])
 
 
-def _group_cpu(pgids: set[int]) -> float:
-    """CPU seconds of every process in the process groups `pgids` (a Ray node each)."""
-    total = 0
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                pgid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[2])
-            except (OSError, IndexError, ValueError):
-                continue
-            if pgid in pgids:
-                total += _clock_ticks(int(d.name))
-    return total / os.sysconf("SC_CLK_TCK")
+class NodeCpu:
+    """CPU seconds used by the processes of some Ray nodes, sampled every 0.2 s in a thread.
+
+    Ray's worker processes exit (and are reaped without accounting) when their job ends, so their CPU time is
+    taken from the last sample of each process: at most 0.2 s per process is missed."""
+
+    def __init__(self, nodes) -> None:
+        self.nodes, self.last = nodes, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for n in self.nodes:
+            for pid in n.pids():
+                self.last[pid] = max(self.last.get(pid, 0), _clock_ticks(pid))
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            self._sample()
+
+    def __enter__(self) -> NodeCpu:
+        self._sample()
+        self.start = dict(self.last)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        self.seconds = sum(t - self.start.get(pid, 0) for pid, t in self.last.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def _self_cpu() -> float:
@@ -79,20 +99,21 @@ def _self_cpu() -> float:
     return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
-def _one_add(folder: Path, *, workers: int, ray: str | None, node_groups: set[int]) -> dict:
+def _one_add(folder: Path, *, workers: int, ray: str | None, nodes: list) -> dict:
     from faceindex import FaceIndex
 
     with tempfile.TemporaryDirectory(prefix="fi-scale-") as data:
         fi = FaceIndex.open(data)
         try:
-            cpu0, nodes0, t0 = _self_cpu(), _group_cpu(node_groups), time.perf_counter()
-            rep = fi.add([folder], "bench", workers=workers, ray=ray)
-            wall = time.perf_counter() - t0
-            cpu = _self_cpu() - cpu0 + (_group_cpu(node_groups) - nodes0 if ray else 0.0)
+            with NodeCpu(nodes if ray else []) as node_cpu:
+                cpu0, t0 = _self_cpu(), time.perf_counter()
+                rep = fi.add([folder], "bench", workers=workers, ray=ray)
+                wall = time.perf_counter() - t0
+                cpu = _self_cpu() - cpu0
         finally:
             fi.close()
     assert not rep.errors, rep.errors
-    return {"wall": wall, "cpu": cpu, "images": rep.images_indexed, "faces": rep.faces_found}
+    return {"wall": wall, "cpu": cpu + node_cpu.seconds, "images": rep.images_indexed, "faces": rep.faces_found}
 
 
 def ingest(args: argparse.Namespace) -> None:
@@ -115,11 +136,10 @@ def ingest(args: argparse.Namespace) -> None:
                 nodes.append(RayNode(WORKER_IP, head=nodes[0].address))
                 address, cpus = nodes[0].address, 2
                 wait_for_cpus(address, cpus)
-            groups = {n.proc.pid for n in nodes}
             runs: dict[str, list[dict]] = {"pool": [], "ray": []}
             for i in range(args.repeat):
                 for name in ("pool", "ray"):
-                    r = _one_add(folder, workers=cpus, ray=address if name == "ray" else None, node_groups=groups)
+                    r = _one_add(folder, workers=cpus, ray=address if name == "ray" else None, nodes=nodes)
                     runs[name].append(r)
                     print(f"run {i + 1} {name:4s}: {r['wall']:6.1f} s wall, {r['cpu']:6.1f} s CPU, "
                           f"{r['images']} images, {r['faces']} faces", flush=True)

@@ -2,8 +2,9 @@
 
 `ray_cluster` (session-scoped) yields the head's address. With FACEINDEX_TEST_RAY=HOST:PORT the tests use that
 cluster instead and leave it running. Each node is one `ray start` in its own process group, so a node is stopped
-(or killed mid-run, to test fault tolerance: `RayNode.kill`) by its process group, and nothing else on the machine
-running Ray is touched. Every node is stopped at the end of the session, whatever happened.
+(or killed mid-run, to test fault tolerance: `RayNode.kill`) by its process group and the descendants of those
+processes, and nothing else on the machine running Ray is touched (no `ray stop`, which stops every Ray node of
+the machine). Every node is stopped at the end of the session, whatever happened.
 
 Ray 2.60 starts and joins nodes without any token here (token authentication is opt-in: RAY_AUTH_MODE=token, and
 then every node and driver needs the same token); the fixture clears RAY_AUTH_MODE so a developer's setting cannot
@@ -63,9 +64,10 @@ class RayNode:
         else:
             self.address = head
             args += [f"--address={head}"]
-        # its own session: every process of the node (raylet, workers, agents) keeps this process group
+        # its own process group (every process of the node keeps it: raylet, workers, agents), in our session: the
+        # same scheduling group (autogroup) as the test or benchmark, so a benchmark compares like with like
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env=_env())
+                                     process_group=0, env=_env())
         try:
             out, _ = self.proc.communicate(timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -75,17 +77,35 @@ class RayNode:
             self.kill()
             raise RuntimeError(f"ray start for {ip} failed: {out.strip().splitlines()[-1:]}")
 
+    def pids(self) -> set[int]:
+        """Every process of this node: its process group, and their descendants (Ray's worker processes, which
+        the raylet starts in process groups of their own)."""
+        parents: dict[int, int] = {}
+        found: set[int] = set()
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(d.name)] = int(fields[1])
+                if int(fields[2]) == self.proc.pid:
+                    found.add(int(d.name))
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+            found |= more
+            grew = bool(more)
+        return found
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Stop every process of this node at once (SIGKILL: the node dies as a machine would)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        """Signal every process of this node at once (SIGKILL: the node dies as a machine would)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def alive(self) -> bool:
-        try:
-            os.killpg(self.proc.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+        return bool(self.pids())
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""

@@ -108,6 +108,23 @@ def test_optout_is_enforced_on_ray_ingest(ray_cluster, tmp_path):  # noqa: F811
     assert indexed == {"Colin_Powell"}
 
 
+def test_a_file_that_kills_its_worker_twice_fails_alone(ray_cluster, tmp_path):  # noqa: F811
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(1, 11):
+        (folder / lfw("Colin_Powell", i).name).symlink_to(lfw("Colin_Powell", i))
+    (folder / "poison.jpg").symlink_to(lfw("Tony_Blair", 1))
+    # the actor analysing poison.jpg dies (a native crash): the files of its batch are sent again, a replacement
+    # actor starts on the freed CPU, and only the file that killed two actors is reported
+    p = run("add", folder, "--ray", ray_cluster, "--json", data=tmp_path / "data",
+            env={"_FACEINDEX_TEST_CRASH_ON": "poison"})
+    assert p.returncode == 3, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["images_indexed"] == 10
+    assert [(Path(e["path"]).name, "died twice" in e["reason"]) for e in rep["errors"]] == [("poison.jpg", True)]
+    _check_whole(tmp_path / "data", 10)
+
+
 def _slow_add(data: Path, folders: list[Path], address: str) -> subprocess.Popen:
     # Every file takes at least 0.2 s on its actor (the hook reaches the actors), so the kill lands mid-run.
     env = {**os.environ, "_FACEINDEX_TEST_SLOW_S": "0.2"}
