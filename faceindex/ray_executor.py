@@ -106,13 +106,25 @@ class RayExecutor:
         self._restore: Callable[[], None] = lambda: None
         if self._owns_connection:
             self._restore = _errors_to_log(self.ray)
+            # Ray's C++ side logs each failed attempt to join (a wrong token: one line a second) to stderr; the
+            # one line that matters is ours. Read when the driver's core worker starts, i.e. in init.
+            saved = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             try:
                 # the driver joins the cluster; Ray's own logging stays out of the CLI's output
                 self.ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                               configure_logging=False, namespace="faceindex")
             except Exception as e:  # ConnectionError, RuntimeError, auth errors: one line says which
                 self._restore()
-                raise ExecutorError(f"cannot join the Ray cluster at {address}: {_first_line(e)}") from e
+                hint = "" if address == "auto" else (
+                    " (it answers, but refused us: if its nodes use token authentication, set RAY_AUTH_MODE=token "
+                    "and their token in RAY_AUTH_TOKEN or ~/.ray/auth_token here too; the Ray versions must match)")
+                raise ExecutorError(f"cannot join the Ray cluster at {address}: {_first_line(e)}{hint}") from e
+            finally:
+                if saved is None:
+                    os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+                else:
+                    os.environ["RAY_BACKEND_LOG_LEVEL"] = saved
         # else: a caller that joined a cluster itself (a notebook, say): use it, and leave it joined
 
     def close(self) -> None:

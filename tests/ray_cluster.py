@@ -6,15 +6,19 @@ cluster instead and leave it running. Each node is one `ray start` in its own pr
 processes, and nothing else on the machine running Ray is touched (no `ray stop`, which stops every Ray node of
 the machine). Every node is stopped at the end of the session, whatever happened.
 
-Ray 2.60 starts and joins nodes without any token here (token authentication is opt-in: RAY_AUTH_MODE=token, and
-then every node and driver needs the same token); the fixture clears RAY_AUTH_MODE so a developer's setting cannot
-half-apply. Each node: ~5 s to start, ~0.3 GB.
+Authentication: Ray 2.60 runs a cluster without a token unless RAY_AUTH_MODE=token is set, or a token file
+(~/.ray/auth_token, written by a local `ray.init()`) exists; then `ray start --address`, `ray status` and every
+driver need the same token. So that neither a developer's ~/.ray nor a clean CI machine decides, the fixture runs
+its cluster with token authentication and a fresh random token, given to the nodes and, for the session, to this
+process and the CLI processes it starts (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN); nothing is written to ~/.ray.
+Each node: ~5 s to start, ~0.3 GB.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,9 +44,25 @@ def ray_cli() -> str | None:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_FACEINDEX_TEST_")}
-    env.pop("RAY_AUTH_MODE", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"  # nothing leaves the machine
     return env
+
+
+@contextlib.contextmanager
+def token_auth() -> Iterator[str]:
+    """RAY_AUTH_MODE=token with a fresh token in this process's environment (inherited by what it starts)."""
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    token = secrets.token_hex(32)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    try:
+        yield token
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _free_port(host: str) -> int:
@@ -139,11 +159,12 @@ def ray_cluster() -> Iterator[str]:
     if ray_cli() is None:
         pytest.skip("Ray is not installed (pip install '.[test]' or '.[cluster]')")
     nodes: list[RayNode] = []
-    try:
-        nodes.append(RayNode(HEAD_IP))
-        nodes.append(RayNode(WORKER_IP, head=nodes[0].address))
-        wait_for_cpus(nodes[0].address, 2)
-        yield nodes[0].address
-    finally:
-        for n in reversed(nodes):
-            n.stop()
+    with token_auth():
+        try:
+            nodes.append(RayNode(HEAD_IP))
+            nodes.append(RayNode(WORKER_IP, head=nodes[0].address))
+            wait_for_cpus(nodes[0].address, 2)
+            yield nodes[0].address
+        finally:
+            for n in reversed(nodes):
+                n.stop()

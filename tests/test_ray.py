@@ -192,6 +192,18 @@ def test_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path):
     assert p.returncode == 69 and "bad Ray address 'nonsense'" in p.stderr
 
 
+@pytest.mark.skipif(os.environ.get("FACEINDEX_TEST_RAY") is not None, reason="the fixture's own cluster uses a token")
+def test_wrong_token_is_one_line_and_writes_nothing(ray_cluster, tmp_path):  # noqa: F811
+    assert os.environ.get("RAY_AUTH_MODE") == "token"  # the fixture's cluster: token authentication
+    data = tmp_path / "data"
+    p = run("add", lfw("Tony_Blair", 1), "--source", "news", "--ray", ray_cluster, "--json", data=data,
+            env={"RAY_AUTH_TOKEN": "0" * 64})
+    assert p.returncode == 69, (p.returncode, p.stderr)
+    assert p.stderr.strip().count("\n") == 0, p.stderr
+    assert p.stderr.startswith(f"error: cannot join the Ray cluster at {ray_cluster}") and "RAY_AUTH_TOKEN" in p.stderr
+    assert _count(data / "catalog.db", "images") == 0 and _count(data / "catalog.db", "sources") == 0
+
+
 def test_ray_not_installed_is_one_line(tmp_path):
     # a `ray` package that fails to import stands for one that is absent
     fake = tmp_path / "site"
