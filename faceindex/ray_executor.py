@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -106,25 +109,17 @@ class RayExecutor:
         self._restore: Callable[[], None] = lambda: None
         if self._owns_connection:
             self._restore = _errors_to_log(self.ray)
-            # Ray's C++ side logs each failed attempt to join (a wrong token: one line a second) to stderr; the
-            # one line that matters is ours. Read when the driver's core worker starts, i.e. in init.
-            saved = os.environ.get("RAY_BACKEND_LOG_LEVEL")
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             try:
                 # the driver joins the cluster; Ray's own logging stays out of the CLI's output
-                self.ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                              configure_logging=False, namespace="faceindex")
+                with _native_logs_held():
+                    self.ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                                  configure_logging=False, namespace="faceindex")
             except Exception as e:  # ConnectionError, RuntimeError, auth errors: one line says which
                 self._restore()
                 hint = "" if address == "auto" else (
                     " (it answers, but refused us: if its nodes use token authentication, set RAY_AUTH_MODE=token "
                     "and their token in RAY_AUTH_TOKEN or ~/.ray/auth_token here too; the Ray versions must match)")
                 raise ExecutorError(f"cannot join the Ray cluster at {address}: {_first_line(e)}{hint}") from e
-            finally:
-                if saved is None:
-                    os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
-                else:
-                    os.environ["RAY_BACKEND_LOG_LEVEL"] = saved
         # else: a caller that joined a cluster itself (a notebook, say): use it, and leave it joined
 
     def close(self) -> None:
@@ -145,7 +140,8 @@ class RayExecutor:
         ray = self.ray
         exc = ray.exceptions
         died = tuple(getattr(exc, n) for n in ("RayActorError", "ActorDiedError", "ActorUnavailableError",
-                                                "WorkerCrashedError", "NodeDiedError", "ObjectLostError")
+                                                "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+                                                "OutOfMemoryError")
                      if hasattr(exc, n))
         remote = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_Analyser)
         hooks = {k: v for k, v in os.environ.items() if k.startswith("_FACEINDEX_TEST_")}
@@ -243,20 +239,19 @@ class RayExecutor:
                     results = ray.get(ref)
                 except died as e:
                     lost(actor, f"a worker actor died: {_first_line(e)}")
-                    log.warning("a Ray worker actor died (%s); sending its %d files again", _first_line(e),
-                                len(batch_paths))
-                    for p in batch_paths:
+                    lost_paths = list(batch_paths)
+                    for r, (a, ps, _b) in list(inflight.items()):  # its other batch went down with it
+                        if a is actor:
+                            del inflight[r]
+                            lost_paths += ps
+                    for p in lost_paths:
                         if p in retried:
                             yield FileFailure(p, "the image decoder or face model crashed on this file: the Ray "
                                                  "worker analysing it died twice")
                         else:
                             retry.append(p)
-                    for r, (a, ps, _b) in list(inflight.items()):  # its other batch went down with it
-                        if a is actor:
-                            del inflight[r]
-                            retry.extend(p for p in ps if p not in retried)
-                            yield from (FileFailure(p, "the Ray worker analysing it died twice") for p in ps
-                                        if p in retried)
+                    log.warning("a Ray worker actor died (%s); sending its %d files again", _first_line(e),
+                                len(lost_paths))
                     if queue or retry:
                         start_actor()  # scheduled where the cluster has a free CPU (a node that rejoined)
                         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -268,6 +263,43 @@ class RayExecutor:
             for a in [*live, *starting.values()]:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
+
+
+_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d [^\]]*\] \S+\.cc:\d+:")  # Ray's C++ log lines
+
+
+@contextlib.contextmanager
+def _native_logs_held() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 (where Ray's C++ side logs) while joining, then write it back.
+
+    Written back whole, a moment late; if the block fails, without Ray's C++ log lines (a refused join logs one
+    warning a second for ~20 s; the error we raise says it in one line), but with anything else written meanwhile.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to hold
+        yield
+        return
+    keep_native = True
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            keep_native = False
+            raise
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().splitlines(keepends=True)
+            out = b"".join(ln for ln in lines if keep_native or not _NATIVE_LOG.match(ln))
+            if out:
+                with contextlib.suppress(OSError):
+                    os.write(2, out)
 
 
 def _errors_to_log(ray) -> Callable[[], None]:
