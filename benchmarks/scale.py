@@ -8,7 +8,8 @@ Start-up (worker processes or actors loading their models) is included in both, 
 
     nice -n 10 python benchmarks/scale.py ingest [--images 300] [--repeat 2] [--address HOST:PORT]
 
-Without --address, the two nodes are started (and stopped) by the helper the tests use (tests/ray_cluster.py).
+Without --address, the two nodes are started (and stopped) by the helper the tests use (tests/ray_cluster.py),
+with token authentication and a fresh token, as in the tests.
 """
 
 from __future__ import annotations
