@@ -97,11 +97,13 @@ def add(
     source: Annotated[str, typer.Option("--source", "-s", help="name of the registered source")] = "default",
     workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="processes (default: all cores)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a machine-readable summary")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="analyse on a Ray cluster: auto or HOST:PORT of its head (FACEINDEX_RAY); -j is then ignored")] = None,
 ) -> None:
     """Index every face in every image under PATHS; only new or changed files are processed."""
     try:
         with _open() as fi, _progress(as_json) as bar:
-            report = fi.add(paths, source, workers=workers, progress=_tracker(bar, "indexing"))
+            report = fi.add(paths, source, workers=workers, progress=_tracker(bar, "indexing"), ray=ray)
     except FaceIndexError as e:
         raise _fail(e) from e
     if as_json:

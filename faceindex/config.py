@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         default=True, description="when HOG finds no face in an image, look again with the CNN detector")
     flip: bool = Field(default=True, description="average the embedding of the chip and its mirror image")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    ray: str | None = Field(
+        default=None, description="add: analyse the files on a Ray cluster (FACEINDEX_RAY): auto (the cluster this "
+                                  "machine joined with `ray start`) or HOST:PORT of its head; unset: local processes")
     exact_threshold: int = Field(
         default=100_000, ge=1, description="use exact search below this many faces, a graph (HNSW) above"
     )
@@ -71,6 +74,11 @@ class Settings(BaseSettings):
         default=None, description="key of a keyed (HMAC) audit chain (FACEINDEX_AUDIT_KEY); keep it out of the data folder")
     audit_key_file: Path | None = Field(
         default=None, description="file holding the audit key (FACEINDEX_AUDIT_KEY_FILE), outside the data folder")
+
+    @field_validator("ray")
+    @classmethod
+    def _clean_ray(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
 
     @field_validator("actor")
     @classmethod

@@ -193,9 +193,9 @@ class FaceIndex:
         return self.pipeline.faces(search.load(self, image).pixels, fallback)
 
     def add(self, paths: list[str | os.PathLike], source: str = "default", *, workers: int | None = None,
-            progress: Progress | None = None, within: list[Path] | None = None) -> AddReport:
+            progress: Progress | None = None, within: list[Path] | None = None, ray: str | None = None) -> AddReport:
         """Index every face of every image under `paths` (files or folders, recursively); see `ingest.add`."""
-        return ingest.add(self, paths, source, workers=workers, progress=progress, within=within)
+        return ingest.add(self, paths, source, workers=workers, progress=progress, within=within, ray=ray)
 
     def remove(self, path: str | os.PathLike, source: str | None = None) -> dict[str, int]:
         """Forget the files at `path` (a file or folder) in one source (or all): faces, embeddings, index."""

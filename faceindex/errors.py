@@ -70,5 +70,11 @@ class AccessDenied(PolicyError):
     exit_code = 77
 
 
+class ExecutorError(FaceIndexError):
+    """The chosen executor cannot run: Ray not installed, a cluster unreachable, every remote worker gone."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 # Exit code of `add` when some files failed but the rest were indexed.
 EXIT_PARTIAL = 3

@@ -11,7 +11,8 @@ import numpy as np
 
 from . import images, privacy
 from .errors import ImageError, ModelError, PolicyError
-from .pipeline import FileFailure, ImageResult, analyse_files
+from .executors import Executor, make_executor
+from .pipeline import FileFailure, ImageResult
 from .search import matches_any
 from .text import check_text
 from .types import AddReport, FileError
@@ -27,18 +28,34 @@ CHECKPOINT_SECONDS = 120.0  # the vector index is saved at least this often duri
 
 
 def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", *, workers: int | None = None,
-        progress: Progress | None = None, within: list[Path] | None = None) -> AddReport:
+        progress: Progress | None = None, within: list[Path] | None = None, ray: str | None = None) -> AddReport:
     """Index every face of every image under `paths` (files or folders, recursively).
 
     Unchanged files are skipped, files whose content is already indexed (moved or copied) keep their faces,
-    bad files are reported in the result and never stop the batch.
+    bad files are reported in the result and never stop the batch. The files are analysed by an executor (see
+    `executors.py`): worker processes on this machine, or, with `ray` ("auto" or HOST:PORT; default: the `ray`
+    setting), worker actors on a Ray cluster; the listing, the skips and the commits are the same for both.
     """
     fi._allow("ingest")
     t0 = time.perf_counter()
-    report = AddReport(source=source)
-    emit = progress or (lambda _event, _info: None)
     fi.catalog.check_model(fi.spec.key)
     source = check_text(source, "a source name")
+    workers = max(1, workers or fi.settings.workers)
+    # chosen (and a cluster joined) before anything is written: a bad address or a missing Ray changes nothing
+    executor = make_executor(fi.settings, workers=workers, ray=ray if ray is not None else fi.settings.ray,
+                             pipeline=fi._pipeline if workers == 1 else None,
+                             within=[os.path.realpath(r) for r in within] if within is not None else None,
+                             expect_model=fi.pack.key)
+    try:
+        return _add(fi, paths, source, executor, t0, progress, within)
+    finally:
+        executor.close()
+
+
+def _add(fi: FaceIndex, paths: list[str | os.PathLike], source: str, executor: Executor, t0: float,
+         progress: Progress | None, within: list[Path] | None) -> AddReport:
+    report = AddReport(source=source)
+    emit = progress or (lambda _event, _info: None)
     source_id = fi.catalog.source_id(source, create=True)
     if fi.policy.require_source_basis and privacy.get_source(fi, source)["basis"] == "unspecified":
         raise PolicyError(f"source {source!r} has no legal basis; register it with "
@@ -102,7 +119,6 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
     duplicates = {group[0][0]: group[1:] for group in by_sha.values() if len(group) > 1}
     emit("analyse", {"files": len(todo)})
 
-    workers = max(1, workers or fi.settings.workers)
     stat_of = {p: (size, mtime) for p, size, mtime in todo}
     pending: list[ImageResult] = []
     last_flush = last_checkpoint = time.monotonic()
@@ -149,8 +165,7 @@ def add(fi: FaceIndex, paths: list[str | os.PathLike], source: str = "default", 
         pending.clear()
 
     try:
-        for res in analyse_files([p for p, _, _ in todo], fi.settings, workers,
-                                 fi._pipeline if workers == 1 else None):
+        for res in executor.analyse([p for p, _, _ in todo]):
             if isinstance(res, FileFailure):
                 report.errors.append(FileError(res.path, res.reason))
                 emit("file", {"path": res.path, "error": True})

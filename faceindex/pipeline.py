@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,10 +131,19 @@ class FileFailure:
 # --- process pool -------------------------------------------------------------------------------------------
 def _analyse(pipe: FacePipeline, path: str) -> ImageResult | FileFailure:
     """One file, in a worker or in-process: never raises for a bad file (the failure says why)."""
+    return _guarded(path, lambda: pipe.process_file(path))
+
+
+def analyse_bytes(pipe: FacePipeline, data: bytes, path: str) -> ImageResult | FileFailure:
+    """One file's bytes (read and checked by the caller, e.g. a Ray driver): never raises for a bad file."""
+    return _guarded(path, lambda: pipe.process_bytes(data, path))
+
+
+def _guarded(path: str, analyse: Callable[[], ImageResult]) -> ImageResult | FileFailure:
     if os.environ.get("_FACEINDEX_TEST_SLOW_S"):
         time.sleep(float(os.environ["_FACEINDEX_TEST_SLOW_S"]))  # test hook: a slow machine, so a kill lands mid-run
     try:
-        return pipe.process_file(path)
+        return analyse()
     except FaceIndexError as e:
         return FileFailure(path, str(e))
     except MemoryError:
