@@ -22,7 +22,7 @@ from . import calibration as calib
 from . import crops, ingest, keys, people, privacy, search
 from . import policy as policies
 from .audit import key_actor as key_actor  # re-exported for the server
-from .catalog import Catalog, FaceRecord
+from .catalog import Catalog, FaceRecord, open_catalog
 from .config import Settings
 from .crops import crop_jpeg as crop_jpeg  # re-exported: the CLI writes crops of search results
 from .errors import AccessDenied, EvaluationError, FaceIndexError, PolicyError
@@ -39,6 +39,12 @@ Progress = Callable[[str, dict], None]
 CATALOG_FILE = "catalog.db"
 AUDIT_FILE = "audit.db"
 MIN_CALIBRATION_PAIRS = 100_000  # an installed table must resolve FMRs well below the 'strong' bar
+
+
+def audit_target(catalog: Catalog, data: Path) -> Path | str:
+    """Where the audit log lives: beside a SQLite catalog in the data folder, or in the PostgreSQL catalog's
+    database (shared by every server)."""
+    return data / AUDIT_FILE if catalog.dialect == "sqlite" else catalog.url
 
 
 class _Shared:
@@ -66,7 +72,7 @@ class FaceIndex:
         self.settings = settings
         self.data = settings.resolved_data()
         self.data.mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.data / CATALOG_FILE)
+        self.catalog: Catalog = open_catalog(settings.catalog or self.data / CATALOG_FILE)
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
         # the model pack: the one the catalog records, else --model (a new index), else the default; recorded now
         recorded = self.catalog.get_meta("model")
@@ -83,7 +89,8 @@ class FaceIndex:
         self._lock = threading.RLock()
         self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
         try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
-            self.audit = anchoring.open_audit(self.catalog, self.data / AUDIT_FILE, anchoring.load_key(settings))
+            self.audit = anchoring.open_audit(self.catalog, audit_target(self.catalog, self.data),
+                                              anchoring.load_key(settings))
         except FaceIndexError:
             self.catalog.close()
             raise
@@ -95,8 +102,12 @@ class FaceIndex:
                 self.catalog.set_meta("policy_sha", sha)
 
     @classmethod
-    def open(cls, data: str | os.PathLike = "./faceindex-data", **overrides) -> FaceIndex:
-        """Open (or create) the index in folder `data`; keyword arguments override Settings fields."""
+    def open(cls, data: str | os.PathLike = "./faceindex-data", *, catalog: str | os.PathLike | None = None,
+             **overrides) -> FaceIndex:
+        """Open (or create) the index in folder `data`; `catalog` a postgresql:// URL (or a SQLite file) instead of
+        `<data>/catalog.db`; other keyword arguments override Settings fields."""
+        if catalog is not None:
+            overrides["catalog"] = os.fspath(catalog)
         return cls(Settings(data=Path(data), **overrides))
 
     def close(self) -> None:

@@ -28,16 +28,6 @@ from . import schemas as S
 
 log = logging.getLogger("faceindex.server")
 
-TABLE = """CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    owner INTEGER NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    progress TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-)"""
 
 
 @dataclass
@@ -66,8 +56,7 @@ class Job:
 
 def save(catalog: Catalog, job: Job) -> None:
     """Write the job's spec, state and progress (one small transaction)."""
-    with catalog.transaction() as db:
-        db.execute(TABLE)
+    with catalog.transaction() as db:  # (the jobs table is in the catalog's schema)
         db.execute("INSERT INTO jobs(id, kind, owner, spec, state, progress, created_at, updated_at) "
                    "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET state=excluded.state, "
                    "progress=excluded.progress, updated_at=excluded.updated_at",
@@ -77,7 +66,6 @@ def save(catalog: Catalog, job: Job) -> None:
 def load(catalog: Catalog, job_id: str | None = None, states: tuple[str, ...] = ()) -> list[Job]:
     """Jobs from the catalog: one by id, or all in `states`."""
     with catalog.transaction() as db:
-        db.execute(TABLE)
         if job_id is not None:
             rows = db.execute("SELECT id, kind, owner, spec, state, progress FROM jobs WHERE id=?", (job_id,))
         else:

@@ -153,7 +153,7 @@ class IndexManager:
         self._rebuild_thread.start()
 
     def _rebuild_beside(self, kind: str) -> None:
-        catalog = Catalog(self.catalog.path)  # its own connection: the live one keeps serving
+        catalog = self.catalog.reopen()  # its own connection: the live one keeps serving
         try:
             new = self._build(kind, catalog)
             with self.lock:

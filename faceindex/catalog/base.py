@@ -1,4 +1,10 @@
-"""SQLite catalog: the source of truth for sources, images, files, faces (with embeddings) and people.
+"""The catalog protocol and its shared logic: the source of truth for sources, images, files, faces (with
+embeddings), people, opt-outs, API keys, confirmations and jobs.
+
+The SQL here is written once for both backends: SQLite (`sqlite.py`, the embedded default) runs it as it is;
+PostgreSQL (`postgres.py`) runs it through a small dialect layer (placeholders, `INSERT OR IGNORE`, DDL types,
+`RETURNING id` for `lastrowid`). A backend supplies the connection (`db`), the write transaction (one writer at
+a time on both: SQLite's BEGIN IMMEDIATE, a PostgreSQL advisory lock), and id allocation.
 
 Images are content (keyed by sha256); files are paths of a source that point at an image, so re-adding a file is
 a no-op, a moved or copied file keeps its faces, and an image lives while any source still holds a file of it.
@@ -8,19 +14,19 @@ Every transaction that adds or removes faces bumps `generation`, which the deriv
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import CatalogError, ModelError, NotFoundError
-from .types import Box, Face
+from ..errors import CatalogError, ModelError, NotFoundError
+from ..types import Box, Face
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: sources' basis, notice, retention; 3: one row per (image, face index), jobs and
+                    # reindex tables in the schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,7 +123,35 @@ CREATE TABLE IF NOT EXISTS blocks_apart (
     PRIMARY KEY (a, b)
 );
 CREATE INDEX IF NOT EXISTS faces_quality ON faces(quality);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    owner INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reindex_images (image_id INTEGER PRIMARY KEY, status TEXT NOT NULL, path TEXT);
+CREATE TABLE IF NOT EXISTS reindex_faces (
+    face_id INTEGER PRIMARY KEY, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
+    landmarks TEXT NOT NULL, det_score REAL NOT NULL, q_size INTEGER NOT NULL, q_sharpness REAL NOT NULL,
+    q_frontal REAL NOT NULL, quality REAL NOT NULL, embedding BLOB NOT NULL, matched INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS optout_models (
+    reference TEXT NOT NULL, model TEXT NOT NULL, templates BLOB NOT NULL, n_templates INTEGER NOT NULL,
+    PRIMARY KEY (reference, model));
 """
+
+# Added by migrations (not in SCHEMA, so that an old catalog is migrated before they are created).
+UNIQUE_FACES = "CREATE UNIQUE INDEX IF NOT EXISTS faces_image_idx ON faces(image_id, idx)"
+
+# Tables in the order a copy must fill them (foreign keys point backwards), with their columns' names.
+TABLES = ("meta", "sources", "images", "files", "people", "faces", "api_keys", "confirmations", "optouts",
+          "person_cohesion", "face_blocks", "blocks_apart", "jobs", "optout_models")
+# Tables whose `id` the database assigns (a sequence on PostgreSQL).
+ID_TABLES = ("sources", "images", "files", "people", "faces", "api_keys", "confirmations", "optouts")
+
 
 
 def now() -> str:
@@ -148,52 +182,75 @@ class FileState:
 
 
 class Catalog:
-    """One SQLite database (WAL) in the data folder."""
+    """The catalog protocol, with the logic both backends share; open one with `open_catalog`."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise CatalogError(f"cannot open catalog {path}: {e}") from e
+    dialect: str = ""  # "sqlite" or "postgresql"
+    url: str = ""  # what reopen() opens: a file path or a postgresql:// URL
+    label: str = ""  # how messages name it (a path, or the URL without its password)
+    db: Any  # the connection: sqlite3.Connection, or postgres.PgConnection (the same execute API)
 
     def close(self) -> None:
         self.db.close()
 
+    def reopen(self) -> Catalog:
+        """Another connection to the same catalog (a rebuild thread, a background job)."""
+        from . import open_catalog
+
+        return open_catalog(self.url)
+
+    # --- backend hooks -----------------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """Start a write transaction holding the catalog's writer lock."""
+        raise NotImplementedError
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        """`n` fresh ids for rows of `table` inserted with explicit ids (inside a transaction)."""
+        raise NotImplementedError
+
+    def sync_ids(self) -> None:
+        """After rows were copied in with explicit ids: let the database's id allocation continue above them."""
+
     # --- plumbing ----------------------------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, statements: Iterable[str]) -> None:
+        """Create or upgrade the schema in one transaction; a schema from a newer faceindex is refused."""
         with self.transaction():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
+            for stmt in statements:
+                self.db.execute(stmt)
             version = self.get_meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("generation", "0")
-            elif int(version) > SCHEMA_VERSION:
+                self.db.execute(UNIQUE_FACES)
+                return
+            if int(version) > SCHEMA_VERSION:
                 raise CatalogError(
-                    f"catalog schema {version} is newer than this faceindex understands ({SCHEMA_VERSION})"
-                )
-            elif int(version) < 2:  # 1 -> 2: legal basis, notice and retention of sources
+                    f"catalog {self.label} has schema version {version}, newer than this faceindex understands "
+                    f"({SCHEMA_VERSION}): upgrade faceindex")
+            if int(version) < 2:  # 1 -> 2: legal basis, notice and retention of sources
                 for col in ("basis TEXT NOT NULL DEFAULT 'unspecified'", "notice TEXT", "retention_days INTEGER"):
                     self.db.execute(f"ALTER TABLE sources ADD COLUMN {col}")
-                self.set_meta("schema_version", "2")
+            if int(version) < 3:  # 2 -> 3: one row per (image, face index); jobs and reindex tables (in SCHEMA)
+                self.db.execute(UNIQUE_FACES)
+            if int(version) < SCHEMA_VERSION:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.db.in_transaction)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (so a crash leaves no half batch)."""
-        if self.db.in_transaction:  # nested: join the outer transaction
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction (one writer at a time), rolled back on any exception (a crash leaves no half
+        batch); nested calls join the outer one."""
+        if self.in_transaction:
             yield self.db
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
         else:
             self.db.execute("COMMIT")
@@ -474,7 +531,8 @@ class Catalog:
         """The best-quality face ids of each person."""
         rows = self.db.execute(
             "SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
-            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) WHERE rn <= ?", (per_person,))
+            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) AS ranked WHERE rn <= ?",
+            (per_person,))
         out: dict[int, list[int]] = {}
         for pid, fid in rows:
             out.setdefault(pid, []).append(fid)
@@ -570,8 +628,8 @@ class Catalog:
     def add_confirmation(self, case_ref: str, face_id: int, actor: str) -> list[str]:
         """Record one investigator's confirmation; returns the distinct actors who confirmed."""
         with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO confirmations(case_ref, face_id, actor, created_at) "
-                            "VALUES(?,?,?,?)", (case_ref, face_id, actor, now()))
+            self.db.execute("INSERT INTO confirmations(case_ref, face_id, actor, created_at) VALUES(?,?,?,?) "
+                            "ON CONFLICT DO NOTHING", (case_ref, face_id, actor, now()))
             return self.confirmers(case_ref, face_id)
 
     def confirmers(self, case_ref: str, face_id: int) -> list[str]:
