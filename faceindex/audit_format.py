@@ -90,6 +90,8 @@ _PG_TRIGGERS = (
       )),
     """CREATE OR REPLACE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head FOR EACH ROW
         EXECUTE FUNCTION faceindex_audit_head_forward()""",
+    # triggers someone disabled (ALTER TABLE ... DISABLE TRIGGER) are re-armed too
+    *(f"ALTER TABLE {table} ENABLE TRIGGER USER" for table in ("audit", "audit_head", "audit_info")),
 )
 
 

@@ -119,3 +119,15 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     url = pg_server.database()
     yield url
     pg_server.drop(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_backend(request, monkeypatch) -> str | None:
+    """Run a test on the embedded SQLite catalog and again on PostgreSQL: FACEINDEX_CATALOG is set for the test
+    (and for the CLI processes it starts). Returns the PostgreSQL URL, None for SQLite."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("FACEINDEX_CATALOG", raising=False)
+        return None
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("FACEINDEX_CATALOG", url)
+    return url
