@@ -37,11 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class PgServer:
-    """A server URL without a database; `database()` makes a fresh one."""
+PASSWORD_USER = "fi_password_user"  # the one role our own cluster checks passwords of (for the credentials test)
 
-    def __init__(self, base: str) -> None:
+
+class PgServer:
+    """A server URL without a database; `database()` makes a fresh one. `own`: started by these tests."""
+
+    def __init__(self, base: str, own: bool = False) -> None:
         self.base = base.rstrip("/")
+        self.own = own
 
     def url(self, db: str) -> str:
         return f"{self.base}/{db}"
@@ -79,6 +83,8 @@ def _start(folder: Path) -> tuple[str, callable]:
     folder.chmod(0o755)
     port = _free_port()
     run(str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    hba = pgdata / "pg_hba.conf"  # passwords checked for one role, trust for the rest
+    hba.write_text(f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     run(str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "log"), "-w", "-o",
         f"\"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
         "-c synchronous_commit=off -c max_connections=200\"", "start")
@@ -107,7 +113,7 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(f"cannot start PostgreSQL: {e.stderr.decode(errors='replace').strip()[:300]}")
     try:
-        yield PgServer(base)
+        yield PgServer(base, own=True)
     finally:
         stop()
         shutil.rmtree(folder, ignore_errors=True)

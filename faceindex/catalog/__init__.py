@@ -24,7 +24,10 @@ def is_postgres(target: str | os.PathLike | None) -> bool:
 def open_catalog(target: str | os.PathLike) -> Catalog:
     """Open (creating or migrating) the catalog at a path or URL; CatalogError names what is wrong."""
     if is_postgres(target):
-        from .postgres import PostgresCatalog
+        try:
+            from .postgres import PostgresCatalog
+        except ImportError as e:
+            raise CatalogError(f"a PostgreSQL catalog needs psycopg: pip install 'faceindex[cluster]' ({e})") from e
 
         return PostgresCatalog(str(target))
     text = os.fspath(target)
