@@ -213,6 +213,11 @@ def test_second_server_sees_ingest_optout_and_keys_of_the_first(shared_pg, tmp_p
         a.revoke_key(key_id)
         with pytest.raises(AccessDenied, match="revoked"):
             b.authenticate(token)
+        a.set_policy(allowed_purposes=["testing", "journalism"])
+        assert b.policy.allowed_purposes == ["testing", "journalism"]  # the policy is the catalog's
+        with FaceIndex.open(tmp_path / "c", catalog=shared_pg) as c:  # a new server adopts it, records nothing
+            assert c.policy.allowed_purposes == ["testing", "journalism"]
+        assert [r.details.get("how") for r in b.audit.query(action="policy.change")][-1] is None
         assert b.audit_verify().ok and b.audit.head() == a.audit.head()
     finally:
         a.close()
