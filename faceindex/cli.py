@@ -530,4 +530,4 @@ def main() -> None:
 
 
 # the other commands live in their own modules; importing them registers them on `app`
-from . import cli_accountability, cli_demo  # noqa: E402, F401, I001
+from . import cli_accountability, cli_demo, cli_migrate  # noqa: E402, F401, I001

@@ -64,8 +64,15 @@ class PgCursor:
         self.rowcount = cur.rowcount
         self.lastrowid = lastrowid
 
+    @property
+    def description(self):
+        return self._cur.description
+
     def fetchone(self) -> tuple | None:
         return self._cur.fetchone()
+
+    def fetchmany(self, n: int) -> list[tuple]:
+        return self._cur.fetchmany(n)
 
     def fetchall(self) -> list[tuple]:
         return self._cur.fetchall() if self._cur.description is not None else []
