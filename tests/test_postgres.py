@@ -250,3 +250,42 @@ def test_people_clustering_merge_and_split(shared_pg, tmp_path):
         again = fi.cluster(full=True, **WHY)  # reviewers' decisions survive a full run
         ids_of = {p.id: set(r.id for r in fi.person(p.id, **WHY)[1]) for p in again}
         assert any(set(part) == faces_ for faces_ in ids_of.values()) and new.id
+
+
+@needs_lfw
+def test_lost_server_connection_mid_ingest_then_rerun_completes(pg_url, pg_server, tmp_path):
+    """The catalog's connections are cut (a server restart, a failover) while `add` commits batches: the run
+    stops with one line and exit code 74; re-running completes it with no duplicate and nothing lost."""
+    import time
+
+    import psycopg
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = ("Tony_Blair", "Colin_Powell", "Donald_Rumsfeld")
+    for name in names:
+        for i in range(1, 9):
+            shutil.copy(lfw(name, i), photos / f"{name}_{i:04d}.jpg")
+    env = {**os.environ, "FACEINDEX_CATALOG": pg_url}
+    cmd = [*CLI, "--data", str(tmp_path / "d"), "add", str(photos), "--source", "s", "--workers", "1"]
+    open_catalog(pg_url).close()  # the schema, so that the watcher below can count
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dbname = pg_url.rsplit("/", 1)[1]
+    deadline = time.time() + 300
+    with psycopg.connect(pg_url, autocommit=True) as watch:
+        while watch.execute("SELECT COUNT(*) FROM images").fetchone()[0] < 2:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        watch.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                      "AND application_name = 'faceindex'", (dbname,))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == CatalogError.exit_code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: catalog postgresql:")
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    with FaceIndex.open(tmp_path / "d", catalog=pg_url) as fi:
+        assert fi.catalog.counts()["images"] == 3 * 8 and fi.catalog.counts()["files"] == 3 * 8
+        dup = fi.catalog.db.execute("SELECT COUNT(*) FROM (SELECT image_id, idx FROM faces GROUP BY image_id, idx "
+                                    "HAVING COUNT(*) > 1) AS d").fetchone()[0]
+        assert dup == 0 and fi.index.count == fi.catalog.face_count()
+        assert fi.audit_verify().ok
