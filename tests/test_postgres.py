@@ -16,6 +16,7 @@ import pytest
 from faceindex import FaceIndex
 from faceindex.audit import AuditLog
 from faceindex.catalog import open_catalog
+from faceindex.catalog.postgres import WRITER_LOCK
 from faceindex.errors import AccessDenied, CatalogError
 
 from .conftest import lfw, needs_lfw, person_of
@@ -80,6 +81,7 @@ import sys
 from faceindex.audit import AuditLog
 from faceindex import anchor
 from faceindex.catalog import open_catalog
+from faceindex.catalog.postgres import WRITER_LOCK
 url, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cat = open_catalog(url)
 log = anchor.open_audit(cat, url, None)
@@ -264,7 +266,7 @@ def test_lost_server_connection_mid_ingest_then_rerun_completes(pg_url, pg_serve
     photos.mkdir()
     names = ("Tony_Blair", "Colin_Powell", "Donald_Rumsfeld")
     for name in names:
-        for i in range(1, 9):
+        for i in range(1, 21):
             shutil.copy(lfw(name, i), photos / f"{name}_{i:04d}.jpg")
     env = {**os.environ, "FACEINDEX_CATALOG": pg_url}
     cmd = [*CLI, "--data", str(tmp_path / "d"), "add", str(photos), "--source", "s", "--workers", "1"]
@@ -273,9 +275,12 @@ def test_lost_server_connection_mid_ingest_then_rerun_completes(pg_url, pg_serve
     dbname = pg_url.rsplit("/", 1)[1]
     deadline = time.time() + 300
     with psycopg.connect(pg_url, autocommit=True) as watch:
-        while watch.execute("SELECT COUNT(*) FROM images").fetchone()[0] < 2:
+        while watch.execute("SELECT COUNT(*) FROM images").fetchone()[0] < 1:
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.2)
+            time.sleep(0.1)
+        # hold the writer lock so that the next batch waits for it, then cut every faceindex connection
+        watch.execute(f"SELECT pg_advisory_lock({WRITER_LOCK})")
+        assert proc.poll() is None, "the run finished in one batch; nothing to interrupt"
         watch.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                       "AND application_name = 'faceindex'", (dbname,))
     _, err = proc.communicate(timeout=300)
@@ -284,7 +289,7 @@ def test_lost_server_connection_mid_ingest_then_rerun_completes(pg_url, pg_serve
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     with FaceIndex.open(tmp_path / "d", catalog=pg_url) as fi:
-        assert fi.catalog.counts()["images"] == 3 * 8 and fi.catalog.counts()["files"] == 3 * 8
+        assert fi.catalog.counts()["images"] == 3 * 20 and fi.catalog.counts()["files"] == 3 * 20
         dup = fi.catalog.db.execute("SELECT COUNT(*) FROM (SELECT image_id, idx FROM faces GROUP BY image_id, idx "
                                     "HAVING COUNT(*) > 1) AS d").fetchone()[0]
         assert dup == 0 and fi.index.count == fi.catalog.face_count()
