@@ -66,7 +66,8 @@ class PgServer:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _start(folder: Path) -> tuple[str, callable]:
+def _start(folder: Path, durable: bool = False) -> tuple[str, callable]:
+    """initdb + pg_ctl start in `folder`; (base URL, stop). Tests run without fsync; benchmarks `durable`."""
     bindir = _bindir()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql) and FACEINDEX_TEST_PG unset")
@@ -86,8 +87,8 @@ def _start(folder: Path) -> tuple[str, callable]:
     hba = pgdata / "pg_hba.conf"  # passwords checked for one role, trust for the rest
     hba.write_text(f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     run(str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "log"), "-w", "-o",
-        f"\"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
-        "-c synchronous_commit=off -c max_connections=200\"", "start")
+        f"\"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+        + ("" if durable else "-c fsync=off -c full_page_writes=off -c synchronous_commit=off") + "\"", "start")
 
     def stop() -> None:
         run(str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop")

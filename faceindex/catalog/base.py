@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS files (
     UNIQUE (source_id, path)
 );
 CREATE INDEX IF NOT EXISTS files_image ON files(image_id);
+CREATE INDEX IF NOT EXISTS files_image_id ON files(image_id, id);
 CREATE TABLE IF NOT EXISTS people (
     id INTEGER PRIMARY KEY,
     name TEXT,
@@ -154,6 +155,9 @@ ID_TABLES = ("sources", "images", "files", "people", "faces", "api_keys", "confi
 
 
 
+_BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -246,14 +250,19 @@ class Catalog:
             yield self.db
             return
         self._begin()
+        self._bump_due = False
         try:
             yield self.db
+            if self._bump_due:
+                self.db.execute(_BUMP)
         except BaseException:
             if self.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
         else:
             self.db.execute("COMMIT")
+        finally:
+            self._bump_due = False
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -268,7 +277,11 @@ class Catalog:
         return int(self.get_meta("generation") or 0)
 
     def _bump(self) -> None:
-        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        """Move the generation on: once per transaction, at its commit (one statement less per image)."""
+        if self.in_transaction:
+            self._bump_due = True
+        else:
+            self.db.execute(_BUMP)
 
     def check_model(self, key: str) -> None:
         """Record the embedding model on first use; refuse a different one afterwards."""
@@ -364,14 +377,16 @@ class Catalog:
         Returns (image_id, new face ids, face ids removed because the path used to hold other content).
         """
         with self.transaction():
-            existing = self.image_id_by_sha(sha256)
-            if existing is not None:  # another process (or an earlier crashed run) got here first
-                return existing, [], self.put_file(source_id, path, existing, size, mtime_ns)
             ts = now()
-            image_id = self.db.execute(
-                "INSERT INTO images(sha256, size, width, height, face_count, added_at) VALUES(?,?,?,?,?,?)",
+            row = self.db.execute(
+                "INSERT INTO images(sha256, size, width, height, face_count, added_at) VALUES(?,?,?,?,?,?) "
+                "ON CONFLICT(sha256) DO NOTHING RETURNING id",
                 (sha256, size, width, height, len(faces), ts),
-            ).lastrowid
+            ).fetchall()  # (all: the statement must finish before the next one on SQLite)
+            if not row:  # another process (or an earlier crashed run) got here first
+                existing = self.image_id_by_sha(sha256)
+                return existing, [], self.put_file(source_id, path, existing, size, mtime_ns)
+            image_id = row[0][0]
             ids = []
             for f in faces:
                 q = f.quality
@@ -478,7 +493,7 @@ class Catalog:
     _RECORD_SQL = (
         "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality, f.person_id, p.name, fl.path, s.name, "
         "i.added_at, s.basis FROM faces f JOIN images i ON i.id = f.image_id "
-        "JOIN files fl ON fl.id = (SELECT MIN(id) FROM files WHERE image_id = f.image_id) "
+        "JOIN files fl ON fl.image_id = f.image_id AND fl.id = (SELECT MIN(id) FROM files WHERE image_id = f.image_id) "
         "JOIN sources s ON s.id = fl.source_id LEFT JOIN people p ON p.id = f.person_id "
     )
 
