@@ -294,3 +294,44 @@ def test_lost_server_connection_mid_ingest_then_rerun_completes(pg_url, pg_serve
                                     "HAVING COUNT(*) > 1) AS d").fetchone()[0]
         assert dup == 0 and fi.index.count == fi.catalog.face_count()
         assert fi.audit_verify().ok
+
+
+@needs_lfw
+def test_two_servers_on_one_catalog(pg_url, tmp_path):
+    """Two `faceindex serve` processes (own data folders) on one PostgreSQL catalog: a job ingested through one
+    is searchable through the other; keys made once work on both; the job is visible from both."""
+    from .servers import Server
+
+    root = tmp_path / "root"
+    (root / "photos").mkdir(parents=True)
+    for i in range(1, 5):
+        shutil.copy(lfw("Tony_Blair", i), root / "photos" / f"Tony_Blair_{i}.jpg")
+    with FaceIndex.open(tmp_path / "admin", catalog=pg_url) as fi:
+        admin = fi.create_key("admin-desk", "admin")[1]
+        inv = fi.create_key("inv-desk", "investigator")[1]
+    headers = {"Authorization": f"Bearer {admin}"}
+    servers = [Server(tmp_path / f"s{k}", tmp_path / f"s{k}.log", ingest_root=root, catalog=pg_url, workers="1")
+               for k in range(2)]
+    try:
+        a, b = servers
+        r = a.client.post("/v1/ingest/path", headers=headers, json={"path": str(root / "photos"), "source": "lfw"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        import time
+
+        deadline = time.monotonic() + 300
+        while (job := b.client.get(f"/v1/jobs/{job_id}", headers=headers).json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert job["state"] == "done" and job["faces"] >= 4, job
+        r = b.client.post("/v1/search", headers={"Authorization": f"Bearer {inv}"},
+                          files={"probe": ("p.jpg", lfw("Tony_Blair", 9).read_bytes(), "image/jpeg")},
+                          data={"purpose": "testing", "case": "T-1"})
+        assert r.status_code == 200, r.text
+        assert "Tony_Blair" in r.json()["results"][0]["candidates"][0]["path"]
+    finally:
+        for s in servers:
+            s.stop()
+    with FaceIndex.open(tmp_path / "admin", catalog=pg_url) as fi:
+        assert fi.audit_verify().ok
+        assert {r.action for r in fi.audit.query()} >= {"ingest.batch", "search"}
