@@ -335,3 +335,28 @@ def test_two_servers_on_one_catalog(pg_url, tmp_path):
     with FaceIndex.open(tmp_path / "admin", catalog=pg_url) as fi:
         assert fi.audit_verify().ok
         assert {r.action for r in fi.audit.query()} >= {"ingest.batch", "search"}
+
+
+def test_dropped_audit_tables_stop_the_engine_until_a_recorded_reset(pg_url, tmp_path):
+    """The anchor in the catalog catches an audit log dropped from the database; `audit reset` starts a new,
+    recorded chain and keeps the old tables aside."""
+    import psycopg
+
+    from faceindex.errors import AuditTrailError
+
+    with FaceIndex.open(tmp_path / "d", catalog=pg_url) as fi:
+        fi.set_source("s", basis="owner")
+        fi.set_policy(require_case=False)
+        assert fi.audit.head()[0] >= 2
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("DROP TABLE audit, audit_head, audit_info")
+    with pytest.raises(AuditTrailError, match="ends at record 0"):
+        FaceIndex.open(tmp_path / "d", catalog=pg_url)
+    env = {**os.environ, "FACEINDEX_CATALOG": pg_url}
+    p = subprocess.run([*CLI, "--data", str(tmp_path / "d"), "audit", "reset", "--reason", "tables dropped"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    with FaceIndex.open(tmp_path / "d", catalog=pg_url) as fi:
+        first = fi.audit.record_at(1)
+        assert first.action == "audit.reset" and first.details["reason"] == "tables dropped"
+        assert fi.audit_verify().ok
