@@ -240,3 +240,13 @@ def test_newer_schema_is_refused_and_left_alone(target):
     assert "\n" not in str(e.value)
     with pytest.raises(CatalogError):  # refused on every open: the refusal changed nothing
         open_catalog(target)
+
+
+def test_psycopg_is_imported_only_for_a_postgresql_catalog(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from faceindex import FaceIndex; from faceindex import cli, migrate; "
+            f"FaceIndex.open({str(tmp_path / 'd')!r}).close(); print('psycopg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
