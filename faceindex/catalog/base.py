@@ -17,149 +17,19 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from ..errors import CatalogError, ModelError, NotFoundError
 from ..types import Box, Face
-
-SCHEMA_VERSION = 3  # 2: sources' basis, notice, retention; 3: one row per (image, face index), jobs and
-                    # reindex tables in the schema
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sources (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    basis TEXT NOT NULL DEFAULT 'unspecified',
-    notice TEXT,
-    retention_days INTEGER
-);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
-    sha256 TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    face_count INTEGER NOT NULL,
-    added_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
-    source_id INTEGER NOT NULL REFERENCES sources(id),
-    path TEXT NOT NULL,
-    image_id INTEGER NOT NULL REFERENCES images(id),
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    added_at TEXT NOT NULL,
-    UNIQUE (source_id, path)
-);
-CREATE INDEX IF NOT EXISTS files_image ON files(image_id);
-CREATE INDEX IF NOT EXISTS files_image_id ON files(image_id, id);
-CREATE TABLE IF NOT EXISTS people (
-    id INTEGER PRIMARY KEY,
-    name TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    id INTEGER PRIMARY KEY,
-    image_id INTEGER NOT NULL REFERENCES images(id),
-    idx INTEGER NOT NULL,
-    x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
-    landmarks TEXT NOT NULL,
-    det_score REAL NOT NULL,
-    q_size INTEGER NOT NULL,
-    q_sharpness REAL NOT NULL,
-    q_frontal REAL NOT NULL,
-    quality REAL NOT NULL,
-    embedding BLOB NOT NULL,
-    person_id INTEGER REFERENCES people(id) ON DELETE SET NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    prefix TEXT NOT NULL UNIQUE,
-    secret_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    revoked_at TEXT,
-    last_used_at TEXT
-);
-CREATE TABLE IF NOT EXISTS confirmations (
-    id INTEGER PRIMARY KEY,
-    case_ref TEXT NOT NULL,
-    face_id INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (case_ref, face_id, actor)
-);
-CREATE TABLE IF NOT EXISTS optouts (
-    id INTEGER PRIMARY KEY,
-    reference TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    templates BLOB NOT NULL,
-    n_templates INTEGER NOT NULL,
-    receipt TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
-CREATE TABLE IF NOT EXISTS person_cohesion (
-    person_id INTEGER PRIMARY KEY REFERENCES people(id) ON DELETE CASCADE,
-    similarity REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS face_blocks (
-    face_id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
-    block INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS face_blocks_block ON face_blocks(block);
-CREATE TABLE IF NOT EXISTS blocks_apart (
-    a INTEGER NOT NULL,
-    b INTEGER NOT NULL,
-    PRIMARY KEY (a, b)
-);
-CREATE INDEX IF NOT EXISTS faces_quality ON faces(quality);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    owner INTEGER NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    progress TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reindex_images (image_id INTEGER PRIMARY KEY, status TEXT NOT NULL, path TEXT);
-CREATE TABLE IF NOT EXISTS reindex_faces (
-    face_id INTEGER PRIMARY KEY, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
-    landmarks TEXT NOT NULL, det_score REAL NOT NULL, q_size INTEGER NOT NULL, q_sharpness REAL NOT NULL,
-    q_frontal REAL NOT NULL, quality REAL NOT NULL, embedding BLOB NOT NULL, matched INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS optout_models (
-    reference TEXT NOT NULL, model TEXT NOT NULL, templates BLOB NOT NULL, n_templates INTEGER NOT NULL,
-    PRIMARY KEY (reference, model));
-"""
-
-# Added by migrations (not in SCHEMA, so that an old catalog is migrated before they are created).
-UNIQUE_FACES = "CREATE UNIQUE INDEX IF NOT EXISTS faces_image_idx ON faces(image_id, idx)"
-
-# Tables in the order a copy must fill them (foreign keys point backwards), with their columns' names.
-TABLES = ("meta", "sources", "images", "files", "people", "faces", "api_keys", "confirmations", "optouts",
-          "person_cohesion", "face_blocks", "blocks_apart", "jobs", "optout_models")
-# Tables whose `id` the database assigns (a sequence on PostgreSQL).
-ID_TABLES = ("sources", "images", "files", "people", "faces", "api_keys", "confirmations", "optouts")
-
-
+from .accounts import AccountsMixin, now
+from .schema import ID_TABLES as ID_TABLES  # re-exported
+from .schema import SCHEMA as SCHEMA
+from .schema import SCHEMA_VERSION, UNIQUE_FACES
+from .schema import TABLES as TABLES
 
 _BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +55,7 @@ class FileState:
     mtime_ns: int
 
 
-class Catalog:
+class Catalog(AccountsMixin):
     """The catalog protocol, with the logic both backends share; open one with `open_catalog`."""
 
     dialect: str = ""  # "sqlite" or "postgresql"
@@ -581,82 +451,6 @@ class Catalog:
         with self.transaction():
             if self.db.execute("UPDATE people SET name=? WHERE id=?", (name, person_id)).rowcount == 0:
                 raise NotFoundError(f"no person {person_id}")
-
-    # --- opt-outs ---------------------------------------------------------------------------------------------
-    def add_optout(self, reference: str, actor: str, templates: np.ndarray, receipt: dict) -> None:
-        with self.transaction():
-            if self.db.execute("SELECT 1 FROM optouts WHERE reference=?", (reference,)).fetchone():
-                raise CatalogError(f"an opt-out with reference {reference!r} already exists")
-            t = np.ascontiguousarray(templates, dtype=np.float32)
-            self.db.execute(
-                "INSERT INTO optouts(reference, created_at, actor, templates, n_templates, receipt) VALUES(?,?,?,?,?,?)",
-                (reference, receipt["time"], actor, t.tobytes(), len(t), json.dumps(receipt)))
-
-    def optouts(self) -> list[dict]:
-        rows = self.db.execute("SELECT reference, created_at, actor, n_templates, receipt FROM optouts ORDER BY id")
-        return [{"reference": r, "created_at": c, "actor": a, "templates": n, "receipt": json.loads(rc)}
-                for r, c, a, n, rc in rows]
-
-    def remove_optout(self, reference: str) -> None:
-        with self.transaction():
-            if self.db.execute("DELETE FROM optouts WHERE reference=?", (reference,)).rowcount == 0:
-                raise NotFoundError(f"no opt-out with reference {reference!r}")
-
-    def optout_generation(self) -> tuple[int, int]:
-        """Changes whenever an opt-out is added or removed (count, highest id): cheap to poll per batch."""
-        row = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM optouts").fetchone()
-        return int(row[0]), int(row[1])
-
-    def optout_templates(self, dim: int = 128) -> np.ndarray:
-        blobs = [r[0] for r in self.db.execute("SELECT templates FROM optouts")]
-        if not blobs:
-            return np.zeros((0, dim), np.float32)
-        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
-
-    # --- API keys and confirmations --------------------------------------------------------------------------
-    def add_key(self, name: str, role: str, prefix: str, secret_sha256: str, created_by: str) -> int:
-        with self.transaction():
-            return self.db.execute(
-                "INSERT INTO api_keys(name, role, prefix, secret_sha256, created_at, created_by) VALUES(?,?,?,?,?,?)",
-                (name, role, prefix, secret_sha256, now(), created_by)).lastrowid
-
-    def keys(self) -> list[dict]:
-        rows = self.db.execute("SELECT id, name, role, prefix, created_at, created_by, revoked_at, last_used_at "
-                               "FROM api_keys ORDER BY id")
-        cols = ("id", "name", "role", "prefix", "created_at", "created_by", "revoked_at", "last_used_at")
-        return [dict(zip(cols, r)) for r in rows]
-
-    def key_by_prefix(self, prefix: str) -> tuple | None:
-        return self.db.execute("SELECT id, name, role, secret_sha256, revoked_at, last_used_at FROM api_keys WHERE prefix=?",
-                               (prefix,)).fetchone()
-
-    def touch_key(self, key_id: int) -> None:
-        with self.transaction():
-            self.db.execute("UPDATE api_keys SET last_used_at=? WHERE id=?", (now(), key_id))
-
-    def revoke_key(self, key_id: int) -> None:
-        with self.transaction():
-            if self.db.execute("UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
-                               (now(), key_id)).rowcount == 0:
-                raise NotFoundError(f"no active key {key_id}")
-
-    def add_confirmation(self, case_ref: str, face_id: int, actor: str) -> list[str]:
-        """Record one investigator's confirmation; returns the distinct actors who confirmed."""
-        with self.transaction():
-            self.db.execute("INSERT INTO confirmations(case_ref, face_id, actor, created_at) VALUES(?,?,?,?) "
-                            "ON CONFLICT DO NOTHING", (case_ref, face_id, actor, now()))
-            return self.confirmers(case_ref, face_id)
-
-    def confirmers(self, case_ref: str, face_id: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT actor FROM confirmations WHERE case_ref=? AND face_id=? ORDER BY id", (case_ref, face_id))]
-
-    def confirmations(self, case_ref: str) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {}
-        for fid, actor in self.db.execute("SELECT face_id, actor FROM confirmations WHERE case_ref=? ORDER BY id",
-                                          (case_ref,)):
-            out.setdefault(fid, []).append(actor)
-        return out
 
     # --- stats -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
