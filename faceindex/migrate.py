@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import anchor as anchoring
+from .audit import SCHEMA_VERSION as AUDIT_SCHEMA_VERSION
 from .audit import AuditLog
 from .audit_format import _TABLES as AUDIT_TABLES
 from .catalog import Catalog, is_postgres, open_catalog
@@ -125,7 +126,8 @@ def _copy(src: Catalog, audit_path: Path, target: Catalog) -> dict:
                 for names, rows in _rows(audit_db, table, order):
                     db.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES "
                                    f"({', '.join('?' * len(names))})", rows)
-            db.execute("INSERT INTO audit_info (name, value) VALUES ('schema_version', '2') ON CONFLICT DO NOTHING")
+            db.execute("INSERT INTO audit_info (name, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                       (str(AUDIT_SCHEMA_VERSION),))
             got = counts(db, TABLES)
             audit_got = counts(db, tuple(t for t, _ in AUDIT_COPY))
             audit_got["audit_info"] -= 1  # the schema_version row (SQLite keeps it in PRAGMA user_version)
