@@ -39,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from faceindex.catalog import Catalog, now
+from faceindex.catalog import now, open_catalog
 from faceindex.config import Settings
 from faceindex.engine import CATALOG_FILE, FaceIndex
 from faceindex.models.dlib import RESNET_SPEC
@@ -232,7 +232,7 @@ LANDMARKS = json.dumps([[640.0, 450.0], [610.0, 452.0], [690.0, 450.0], [720.0, 
 def write_catalog(folder: Path, vecs: np.ndarray, quality: np.ndarray) -> None:
     """Bulk-insert one image, one file and one face per row of `vecs` (face id = row + 1), in one transaction."""
     folder.mkdir(parents=True)
-    cat = Catalog(folder / CATALOG_FILE)
+    cat = open_catalog(folder / CATALOG_FILE)
     try:
         cat.check_model(RESNET_SPEC.key)
         n = len(vecs)

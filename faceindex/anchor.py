@@ -75,11 +75,11 @@ def read_anchor(catalog: Catalog) -> tuple[int, str] | None:
 def advance(catalog: Catalog, seq: int, digest: str) -> None:
     """Record head (seq, digest) in the catalog unless it already holds a later one (appends from several
     processes may finish out of order)."""
-    with catalog.transaction() as db:
-        db.execute(
-            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
-            "WHERE CAST(substr(meta.value, 1, instr(meta.value, ':') - 1) AS INTEGER) < ?",
-            (ANCHOR_META, f"{seq}:{digest}", seq))
+    with catalog.transaction():  # the writer lock: read and write without another process in between
+        held = catalog.get_meta(ANCHOR_META)
+        held_seq = held.partition(":")[0] if held else ""
+        if not held_seq.isdigit() or int(held_seq) < seq:
+            catalog.set_meta(ANCHOR_META, f"{seq}:{digest}")
 
 
 def _force(catalog: Catalog, seq: int, digest: str) -> None:
@@ -93,9 +93,10 @@ def _attach(catalog: Catalog, log: AuditLog) -> AuditLog:
     return log
 
 
-def _file_problem(path: Path, anchor: tuple[int, str] | None) -> str | None:
-    """Why the audit file cannot be what the anchor says, judged before SQLite creates a fresh one."""
-    if anchor is None or anchor[0] == 0:
+def _file_problem(path: Path | str, anchor: tuple[int, str] | None) -> str | None:
+    """Why the audit file cannot be what the anchor says, judged before SQLite creates a fresh one. (A log in
+    PostgreSQL, `path` a URL, is judged by its head alone: dropped tables come back empty, behind the anchor.)"""
+    if not isinstance(path, Path) or anchor is None or anchor[0] == 0:
         return None
     if not path.exists():
         return f"audit log {path} is missing, but the catalog recorded its record {anchor[0]}"
@@ -122,7 +123,7 @@ def _head_problem(log: AuditLog, anchor: tuple[int, str]) -> str | None:
     return None
 
 
-def open_audit(catalog: Catalog, path: Path, key: bytes | None) -> AuditLog:
+def open_audit(catalog: Catalog, path: Path | str, key: bytes | None) -> AuditLog:
     """Open the audit log at `path`, cross-checked against the catalog's anchor; AuditTrailError if missing,
     empty, behind or rewritten. A catalog without an anchor (new, or made before anchoring) adopts the head."""
     anchor = read_anchor(catalog)
@@ -145,7 +146,7 @@ def open_audit(catalog: Catalog, path: Path, key: bytes | None) -> AuditLog:
     return _attach(catalog, log)
 
 
-def verify(catalog: Catalog, path: Path, key: bytes | None,
+def verify(catalog: Catalog, path: Path | str, key: bytes | None,
            expected_head: tuple[int, str] | None = None) -> tuple[AuditVerification, tuple[int, str] | None]:
     """Verify the chain against the catalog's anchor (and `expected_head`, an external notary's copy, if given),
     without refusing a missing or behind log as opening does. Returns (verification, head of the log or None)."""
@@ -160,7 +161,7 @@ def verify(catalog: Catalog, path: Path, key: bytes | None,
         return result, log.head()
 
 
-def reset(catalog: Catalog, path: Path, key: bytes | None, reason: str, *, actor: str,
+def reset(catalog: Catalog, path: Path | str, key: bytes | None, reason: str, *, actor: str,
           role: str) -> AuditRecord:
     """Start a new chain after an operator has looked at a broken or missing log (or to switch to keyed mode).
 
@@ -171,6 +172,8 @@ def reset(catalog: Catalog, path: Path, key: bytes | None, reason: str, *, actor
     reason = check_text(reason, "the reason for the reset", max_len=500)
     anchored = read_anchor(catalog)
     found: str
+    if not isinstance(path, Path):
+        return _reset_postgres(catalog, path, key, reason, anchored, actor=actor, role=role)
     try:
         if _file_problem(path, anchored) or not path.exists():
             found = "missing" if not path.exists() else "empty file"
@@ -194,6 +197,36 @@ def reset(catalog: Catalog, path: Path, key: bytes | None, reason: str, *, actor
         rec = log.append(RESET_ACTION, actor=actor, role=role, details={
             "reason": reason, "anchored_head": f"{anchored[0]}:{anchored[1]}" if anchored else None,
             "found": found, "old_log_kept_as": kept, "mode": log.mode})
+        _force(catalog, rec.seq, rec.hash)
+    finally:
+        log.close()
+    return rec
+
+
+def _reset_postgres(catalog: Catalog, url: str, key: bytes | None, reason: str,
+                    anchored: tuple[int, str] | None, *, actor: str, role: str) -> AuditRecord:
+    """reset() for a log in PostgreSQL: the old tables are renamed aside (audit_replaced_<time>_*)."""
+    try:
+        with AuditLog(url, key=key) as old:
+            seq, digest = old.head()
+            verdict = old.verify(anchored)
+            found = f"{seq}:{digest}" + ("" if verdict.ok else f" ({verdict.problem})")
+    except FaceIndexError as e:
+        found = f"unreadable: {e}"
+    stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%fz")
+    kept = f"audit_replaced_{stamp}"
+    with catalog.transaction() as db:
+        for table in ("audit", "audit_head", "audit_info"):
+            if db.execute("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None:
+                db.execute(f"ALTER TABLE {table} RENAME TO {kept}{table[5:]}")
+        for index in ("audit_case_ref", "audit_actor", "audit_time"):
+            if db.execute("SELECT to_regclass(?)", (index,)).fetchone()[0] is not None:
+                db.execute(f"ALTER INDEX {index} RENAME TO {kept}_{index[6:]}")
+    log = AuditLog(url, key=key)
+    try:
+        rec = log.append(RESET_ACTION, actor=actor, role=role, details={
+            "reason": reason, "anchored_head": f"{anchored[0]}:{anchored[1]}" if anchored else None,
+            "found": found, "old_log_kept_as": f"tables {kept}*", "mode": log.mode})
         _force(catalog, rec.seq, rec.hash)
     finally:
         log.close()

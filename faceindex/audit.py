@@ -44,11 +44,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from .audit_format import _INFO_TABLE, _TABLES, _TRIGGERS, canonical_json, key_fingerprint, record_hash
+from .audit_format import _INFO_TABLE, _PG_TRIGGERS, _TABLES, _TRIGGERS, canonical_json, key_fingerprint, record_hash
+from .catalog import is_postgres
 from .errors import AuditKeyError, CatalogError
 from .text import check_text
 
 SCHEMA_VERSION: Final = 2  # 2: audit_info (hash mode and key fingerprint)
+AUDIT_LOCK: Final = 0x6661636569647802  # PostgreSQL advisory lock serialising appends from every process
 PLAIN: Final = "sha256"
 KEYED: Final = "hmac-sha256"
 ZERO_HASH: Final = "0" * 64
@@ -201,19 +203,27 @@ class AuditLog:
     def __init__(self, path: str | Path, *, key: bytes | None = None) -> None:
         """Open (creating if needed) the audit log at `path`; CatalogError if it is unreadable or corrupt.
 
+        `path` may also be a postgresql:// URL: the log's tables then live in that database (the catalog's),
+        with the same triggers and chain; appends from every process take one advisory lock in turn.
+
         With `key` the log is keyed (HMAC-SHA256): a new log is created keyed, and an existing one must have
         been created with the same key. AuditKeyError when a keyed log is opened without its key, with
         another key, or a plain log with a key.
         """
-        self.path = Path(path)
         self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
+        self._db: Any = None
         self._key = key
         self.mode = KEYED if key is not None else PLAIN
         # Set by faceindex.anchor: called with (seq, hash) after every append, and asked for the anchored head
         # that verify() checks when it is given none.
         self.on_append: Callable[[int, str], None] | None = None
         self.anchor: Callable[[], tuple[int, str] | None] | None = None
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        self.postgres = is_postgres(path)
+        if self.postgres:
+            self._open_postgres(str(path))
+            return
+        self.path: Path | str = Path(path)
         try:
             db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -231,9 +241,27 @@ class AuditLog:
                 raise
             raise CatalogError(f"cannot open audit log {self.path}: {e}") from e
 
+    def _open_postgres(self, url: str) -> None:
+        import psycopg
+
+        from .catalog.postgres import PgConnection, redact
+
+        self.path = f"in {redact(url)}"
+        self._errors = (sqlite3.Error, psycopg.Error)
+        db = PgConnection(url, identity=False)
+        try:
+            self._db = db
+            self._setup()
+        except BaseException as e:
+            db.close()
+            self._db = None
+            if isinstance(e, psycopg.Error):
+                raise CatalogError(f"cannot open audit log {self.path}: {' '.join(str(e).split())}") from e
+            raise
+
     # --- plumbing ----------------------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Any:
         if self._db is None:
             raise CatalogError(f"audit log {self.path} is closed")
         return self._db
@@ -242,15 +270,21 @@ class AuditLog:
     def _guard(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as e:
-            raise CatalogError(f"audit log {self.path}: cannot {doing}: {e}") from e
+        except self._errors as e:
+            raise CatalogError(f"audit log {self.path}: cannot {doing}: {' '.join(str(e).split())}") from e
 
     @contextmanager
     def _transaction(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
         # DEFERRED for reads (one consistent snapshot under WAL), IMMEDIATE for writes (take the write lock
         # before reading the head, so two appenders can never chain onto the same record).
         db = self._conn()
-        db.execute(f"BEGIN {mode}")
+        if not self.postgres:
+            db.execute(f"BEGIN {mode}")
+        elif mode == "IMMEDIATE":
+            db.execute("BEGIN")
+            db.execute(f"SELECT pg_advisory_xact_lock({AUDIT_LOCK})")
+        else:
+            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")  # one snapshot, as SQLite's WAL read gives
         try:
             yield db
         except BaseException:
@@ -260,6 +294,9 @@ class AuditLog:
         db.execute("COMMIT")
 
     def _setup(self) -> None:
+        if self.postgres:
+            self._setup_postgres()
+            return
         with self._transaction("IMMEDIATE") as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -284,6 +321,26 @@ class AuditLog:
             self._check_mode(db)
             for name, statement in _TRIGGERS.items():
                 db.execute(f"DROP TRIGGER IF EXISTS {name}")
+                db.execute(statement)
+
+    def _setup_postgres(self) -> None:
+        # The schema version is a row of audit_info (append-only like the rest); no row yet = a new log.
+        with self._transaction("IMMEDIATE") as db:
+            for statement in _TABLES:
+                db.execute(statement)
+            row = db.execute("SELECT value FROM audit_info WHERE name = 'schema_version'").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"audit log {self.path} has schema version {row[0]}; this faceindex knows version {SCHEMA_VERSION}")
+            if row is None:
+                db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
+                info = {"mode": self.mode, "schema_version": str(SCHEMA_VERSION)}
+                if self._key is not None:
+                    info["key_fingerprint"] = key_fingerprint(self._key)
+                db.executemany("INSERT INTO audit_info (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                               info.items())
+            self._check_mode(db)
+            for statement in _PG_TRIGGERS:
                 db.execute(statement)
 
     def _check_mode(self, db: sqlite3.Connection) -> None:
@@ -419,7 +476,8 @@ class AuditLog:
                 params.append(value)
         if actor is not None:  # the name itself, or key_actor(name, N) for any key N
             prefix = key_actor(actor, "")[:-1]
-            clauses.append("(actor = ? OR (substr(actor, 1, ?) = ? AND actor GLOB '*[0-9])'))")
+            ends = "actor ~ '[0-9][)]$'" if self.postgres else "actor GLOB '*[0-9])'"
+            clauses.append(f"(actor = ? OR (substr(actor, 1, ?) = ? AND {ends}))")
             params += [actor, len(prefix), prefix]
         if since is not None:
             clauses.append("time >= ?")

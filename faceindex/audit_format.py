@@ -63,6 +63,38 @@ _TRIGGERS = {
 }
 
 
+# The same rules on PostgreSQL (the audit log in the catalog's database), TRUNCATE included; (re)armed on every
+# open. Appends are serialised by an advisory lock (audit.AUDIT_LOCK), so the chain stays one chain.
+_PG_TRIGGERS = (
+    """CREATE OR REPLACE FUNCTION faceindex_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN RAISE EXCEPTION 'the audit log is append-only: %', TG_ARGV[0]; END $f$""",
+    """CREATE OR REPLACE FUNCTION faceindex_audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF NEW.id IS DISTINCT FROM OLD.id OR NEW.seq IS DISTINCT FROM OLD.seq + 1
+               OR NEW.hash IS DISTINCT FROM (SELECT hash FROM audit WHERE seq = NEW.seq) THEN
+                RAISE EXCEPTION 'the audit log is append-only: the head only follows appends';
+            END IF;
+            RETURN NEW;
+        END $f$""",
+    *(f"CREATE OR REPLACE TRIGGER {name} BEFORE {op} ON {table} FOR EACH {each} "
+      f"EXECUTE FUNCTION faceindex_audit_refuse('{why}')"
+      for name, op, table, each, why in (
+          ("audit_no_update", "UPDATE", "audit", "ROW", "records cannot be updated"),
+          ("audit_no_delete", "DELETE", "audit", "ROW", "records cannot be deleted"),
+          ("audit_no_truncate", "TRUNCATE", "audit", "STATEMENT", "records cannot be deleted"),
+          ("audit_head_no_delete", "DELETE", "audit_head", "ROW", "the head cannot be deleted"),
+          ("audit_head_no_truncate", "TRUNCATE", "audit_head", "STATEMENT", "the head cannot be deleted"),
+          ("audit_info_no_update", "UPDATE", "audit_info", "ROW", "its hash mode cannot be changed"),
+          ("audit_info_no_delete", "DELETE", "audit_info", "ROW", "its hash mode cannot be changed"),
+          ("audit_info_no_truncate", "TRUNCATE", "audit_info", "STATEMENT", "its hash mode cannot be changed"),
+      )),
+    """CREATE OR REPLACE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head FOR EACH ROW
+        EXECUTE FUNCTION faceindex_audit_head_forward()""",
+    # triggers someone disabled (ALTER TABLE ... DISABLE TRIGGER) are re-armed too
+    *(f"ALTER TABLE {table} ENABLE TRIGGER USER" for table in ("audit", "audit_head", "audit_info")),
+)
+
+
 def canonical_json(value: Any) -> str:
     """The one encoding that is hashed: sorted keys, no spaces, UTF-8 text; refuses bytes and NaN."""
     return json.dumps(

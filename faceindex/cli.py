@@ -57,12 +57,17 @@ state = State()
 def _root(
     data: Annotated[Path, typer.Option("--data", "-d", envvar="FACEINDEX_DATA", help="data folder")] = Path(
         "./faceindex-data"),
+    catalog: Annotated[str | None, typer.Option(
+        "--catalog", envvar="FACEINDEX_CATALOG",
+        help="catalog URL: postgresql://USER@HOST/DB, or a SQLite file (default DATA/catalog.db)")] = None,
     detector: Annotated[str | None, typer.Option(help="face detector: hog (fast) or cnn (finds more faces)")] = None,
     backend: Annotated[str | None, typer.Option(help="embedding runtime: auto, onnx or dlib")] = None,
     model: Annotated[str | None, typer.Option(help="model pack of a new index (faceindex models list); an "
                                                    "existing index keeps its own")] = None,
 ) -> None:
-    overrides = {"data": data}
+    overrides: dict = {"data": data}
+    if catalog is not None:
+        overrides["catalog"] = catalog
     if model is not None:
         overrides["model"] = model
     if detector is not None:
@@ -533,4 +538,4 @@ def main() -> None:
 
 
 # the other commands live in their own modules; importing them registers them on `app`
-from . import cli_accountability, cli_demo  # noqa: E402, F401, I001
+from . import cli_accountability, cli_demo, cli_migrate  # noqa: E402, F401, I001

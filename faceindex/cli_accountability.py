@@ -103,16 +103,17 @@ def _audit_files():
     """The catalog and the audit log's path and key, opened without the cross-check that refuses a broken log:
     the audit commands are how an operator looks at one. Only roles allowed to audit may."""
     from . import anchor
-    from .catalog import Catalog
+    from .catalog import open_catalog
+    from .engine import audit_target
     from .policy import check_permission
 
     check_permission(state.settings.role, "audit")
     data = state.settings.resolved_data()
-    if not (data / "catalog.db").is_file():
+    if state.settings.catalog is None and not (data / "catalog.db").is_file():
         raise CatalogError(f"no data folder at {data} (no catalog.db)")
-    catalog = Catalog(data / "catalog.db")
+    catalog = open_catalog(state.settings.catalog or data / "catalog.db")
     try:
-        yield catalog, data / "audit.db", anchor.load_key(state.settings)
+        yield catalog, audit_target(catalog, data), anchor.load_key(state.settings)
     finally:
         catalog.close()
 

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEINDEX_", extra="ignore")
 
     data: Path = Field(default=Path("./faceindex-data"), description="the data folder (catalog + index)")
+    catalog: str | None = Field(
+        default=None, description="the catalog: a postgresql://USER@HOST/DB URL (many servers) or a SQLite file; "
+                                  "default <data>/catalog.db. The data folder keeps the derived vector index")
     model: str | None = Field(
         default=None, description="model pack of a new index (faceindex models list); an index keeps its own")
     detector: Literal["hog", "cnn"] = Field(default="hog", description="the dlib pack's detector: hog or cnn")

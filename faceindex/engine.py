@@ -22,7 +22,7 @@ from . import calibration as calib
 from . import crops, ingest, keys, people, privacy, search
 from . import policy as policies
 from .audit import key_actor as key_actor  # re-exported for the server
-from .catalog import Catalog, FaceRecord
+from .catalog import Catalog, FaceRecord, open_catalog
 from .config import Settings
 from .crops import crop_jpeg as crop_jpeg  # re-exported: the CLI writes crops of search results
 from .errors import AccessDenied, EvaluationError, FaceIndexError, PolicyError
@@ -41,6 +41,12 @@ AUDIT_FILE = "audit.db"
 MIN_CALIBRATION_PAIRS = 100_000  # an installed table must resolve FMRs well below the 'strong' bar
 
 
+def audit_target(catalog: Catalog, data: Path) -> Path | str:
+    """Where the audit log lives: beside a SQLite catalog in the data folder, or in the PostgreSQL catalog's
+    database (shared by every server)."""
+    return data / AUDIT_FILE if catalog.dialect == "sqlite" else catalog.url
+
+
 class _Shared:
     """An attribute kept on the root FaceIndex, so that `acting_as` views see and make the same changes."""
 
@@ -54,10 +60,20 @@ class _Shared:
         obj._root.__dict__[self.key] = value
 
 
+class _SharedPolicy(_Shared):
+    """The policy; on a shared (PostgreSQL) catalog it is kept there too, and a change another server made is
+    taken up on the next read (one meta lookup)."""
+
+    def __get__(self, obj, owner=None):
+        if obj is not None:
+            obj._root._follow_policy()
+        return super().__get__(obj, owner)
+
+
 class FaceIndex:
     """A face index in one data folder: add images, search and verify faces, group them into people."""
 
-    policy = _Shared()
+    policy = _SharedPolicy()
     calibration = _Shared()
     pack = _Shared()
     _pipeline = _Shared()
@@ -66,7 +82,7 @@ class FaceIndex:
         self.settings = settings
         self.data = settings.resolved_data()
         self.data.mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.data / CATALOG_FILE)
+        self.catalog: Catalog = open_catalog(settings.catalog or self.data / CATALOG_FILE)
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
         # the model pack: the one the catalog records, else --model (a new index), else the default; recorded now
         recorded = self.catalog.get_meta("model")
@@ -83,20 +99,56 @@ class FaceIndex:
         self._lock = threading.RLock()
         self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
         try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
-            self.audit = anchoring.open_audit(self.catalog, self.data / AUDIT_FILE, anchoring.load_key(settings))
+            self.audit = anchoring.open_audit(self.catalog, audit_target(self.catalog, self.data),
+                                              anchoring.load_key(settings))
         except FaceIndexError:
             self.catalog.close()
             raise
-        self.policy, sha = policies.load(self.data)
-        if sha != (self.catalog.get_meta("policy_sha") or ""):  # edited outside faceindex: record it
-            self._record("policy.change", details={"how": "policy file changed outside faceindex",
-                                                   "sha256": sha, "policy": self.policy.model_dump()})
-            with self.catalog.transaction():
-                self.catalog.set_meta("policy_sha", sha)
+        self._policy_sha: str | None = None  # the catalog's policy_sha this engine's policy reflects
+        policy, sha = policies.load(self.data)
+        held = self.catalog.get_meta("policy_sha") or ""
+        self._policy_in_catalog = self.catalog.dialect != "sqlite"  # servers on one catalog share one policy
+        if self._policy_in_catalog and sha in ("", held) and self.catalog.get_meta("policy"):
+            self._policy_sha = "?"  # another server's policy: adopted (and its file written) by the first read
+        else:
+            self.policy, self._policy_sha = policy, held
+            if sha != held:  # edited outside faceindex: record it
+                self._record("policy.change", details={"how": "policy file changed outside faceindex",
+                                                       "sha256": sha, "policy": policy.model_dump()})
+                self._store_policy_sha(sha)
+
+    def _store_policy_sha(self, sha: str) -> None:
+        """Record the policy file's sha256 (and, on a shared catalog, the policy itself) in the catalog."""
+        with self.catalog.transaction():
+            self.catalog.set_meta("policy_sha", sha)
+            if self._policy_in_catalog:
+                path = self.data / policies.POLICY_FILE
+                self.catalog.set_meta("policy", path.read_text() if path.is_file() else "")
+        self._root._policy_sha = sha
+
+    def _follow_policy(self) -> None:
+        if not self.__dict__.get("_policy_in_catalog") or self.__dict__.get("_policy_sha") is None:
+            return
+        sha = self.catalog.get_meta("policy_sha") or ""
+        if sha == self._policy_sha:
+            return
+        raw = self.catalog.get_meta("policy") or ""
+        try:
+            new = policies.Policy.model_validate_json(raw) if raw else policies.Policy()
+        except ValueError as e:
+            raise PolicyError(f"invalid policy in the catalog: {e}") from e
+        if raw:
+            policies.save(self.data, new)  # the local file follows the shared policy
+        self.__dict__["_shared_" + "policy"] = new
+        self._policy_sha = sha
 
     @classmethod
-    def open(cls, data: str | os.PathLike = "./faceindex-data", **overrides) -> FaceIndex:
-        """Open (or create) the index in folder `data`; keyword arguments override Settings fields."""
+    def open(cls, data: str | os.PathLike = "./faceindex-data", *, catalog: str | os.PathLike | None = None,
+             **overrides) -> FaceIndex:
+        """Open (or create) the index in folder `data`; `catalog` a postgresql:// URL (or a SQLite file) instead of
+        `<data>/catalog.db`; other keyword arguments override Settings fields."""
+        if catalog is not None:
+            overrides["catalog"] = os.fspath(catalog)
         return cls(Settings(data=Path(data), **overrides))
 
     def close(self) -> None:
@@ -332,8 +384,7 @@ class FaceIndex:
         except ValueError as e:
             raise PolicyError(f"invalid policy change: {e}") from e
         sha = policies.save(self.data, new)
-        with self.catalog.transaction():
-            self.catalog.set_meta("policy_sha", sha)
+        self._store_policy_sha(sha)
         self.policy = new
         self._record("policy.change", details={"before": before, "after": new.model_dump(), "sha256": sha})
         return new

@@ -38,7 +38,7 @@ def constraints(cat: Catalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _new_block(cat: Catalog) -> int:
     row = cat.db.execute("SELECT MAX(m) FROM (SELECT MAX(block) AS m FROM face_blocks "
-                         "UNION ALL SELECT MAX(a) FROM blocks_apart UNION ALL SELECT MAX(b) FROM blocks_apart)")
+                         "UNION ALL SELECT MAX(a) FROM blocks_apart UNION ALL SELECT MAX(b) FROM blocks_apart) AS tops")
     top = row.fetchone()[0]
     return 0 if top is None else int(top) + 1
 
@@ -64,7 +64,7 @@ def _inherit(cat: Catalog, old: set[int], new: int) -> None:
         for x, y in cat.db.execute("SELECT a, b FROM blocks_apart WHERE a=? OR b=?", (b, b)).fetchall():
             other = y if x == b else x
             if other not in old and other != new:
-                cat.db.execute("INSERT OR IGNORE INTO blocks_apart(a, b) VALUES(?, ?)",
+                cat.db.execute("INSERT INTO blocks_apart(a, b) VALUES(?, ?) ON CONFLICT DO NOTHING",
                                (min(new, other), max(new, other)))
 
 
@@ -98,7 +98,7 @@ def separate(cat: Catalog, part: list[int], rest: list[int]) -> tuple[int, int]:
         _inherit(cat, old, a)
         _inherit(cat, old, b)
         _drop_blocks(cat, old)
-        cat.db.execute("INSERT OR IGNORE INTO blocks_apart(a, b) VALUES(?, ?)", (a, b))
+        cat.db.execute("INSERT INTO blocks_apart(a, b) VALUES(?, ?) ON CONFLICT DO NOTHING", (a, b))
         return a, b
 
 
@@ -116,10 +116,9 @@ def store(cat: Catalog, groups: list[tuple[int | None, list[int], float]], repla
         new = [i for i, (pid, _, _) in enumerate(groups) if pid is None]
         if new:  # one INSERT per new person, but in one statement batch
             ts = now()
-            first = cat.db.execute("SELECT COALESCE(MAX(id), 0) FROM people").fetchone()[0] + 1
-            cat.db.executemany("INSERT INTO people(id, created_at) VALUES(?, ?)",
-                               [(first + j, ts) for j in range(len(new))])
-        next_new = iter(range(first, first + len(new))) if new else iter(())
+            fresh = cat.reserve_ids("people", len(new))
+            cat.db.executemany("INSERT INTO people(id, created_at) VALUES(?, ?)", [(i, ts) for i in fresh])
+        next_new = iter(fresh) if new else iter(())
         rows: list[tuple[int, int]] = []
         coh: list[tuple[int, float]] = []
         for pid, faces, c in groups:

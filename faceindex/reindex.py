@@ -47,7 +47,8 @@ Progress = Callable[[str, dict], None]
 
 def ensure_tables(catalog) -> None:
     """The staging and per-model opt-out tables (created on first use; old catalogs lack them)."""
-    catalog.db.executescript(STAGING)
+    if catalog.dialect == "sqlite":  # (they are in the catalog's schema since version 3; kept for old files)
+        catalog.db.executescript(STAGING)
 
 
 def _clear_staging(catalog) -> None:
@@ -85,8 +86,9 @@ def match_faces(old: list[tuple[int, Box]], new: list[Face]) -> dict[int, Face]:
 
 def _stage(catalog, fid: int, f: Face, matched: bool) -> None:
     q = f.quality
+    catalog.db.execute("DELETE FROM reindex_faces WHERE face_id=?", (fid,))  # (INSERT OR REPLACE, both dialects)
     catalog.db.execute(
-        "INSERT OR REPLACE INTO reindex_faces VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO reindex_faces VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (fid, f.box.x1, f.box.y1, f.box.x2, f.box.y2, json.dumps([[round(x, 2), round(y, 2)] for x, y in f.landmarks]),
          q.detector_score, q.size, q.sharpness, q.frontal, q.score, np.asarray(f.embedding, np.float32).tobytes(),
          int(matched)))
@@ -142,7 +144,9 @@ def reindex(fi, model: str, progress: Progress | None = None) -> dict:
                 cat.db.execute("INSERT INTO reindex_images VALUES(?, 'done', ?)", (image_id, path))
                 if new_faces:
                     cat.db.execute("INSERT INTO meta(key, value) VALUES('reindex_new_faces', ?) ON CONFLICT(key) "
-                                   "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value", (str(new_faces),))
+                                   "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + "
+                                   "CAST(excluded.value AS INTEGER) AS TEXT)",
+                                   (str(new_faces),))
                 emit("file", {"path": path, "faces": len(old)})
         if stop_after and start + BATCH >= stop_after:
             os._exit(137)
@@ -189,7 +193,7 @@ def _swap_optouts(cat, old_key: str | None, new_key: str) -> list[str]:
     need = []
     for reference, blob, n in db.execute("SELECT reference, templates, n_templates FROM optouts").fetchall():
         if old_key and n:
-            db.execute("INSERT OR IGNORE INTO optout_models VALUES(?,?,?,?)", (reference, old_key, blob, n))
+            db.execute("INSERT INTO optout_models VALUES(?,?,?,?) ON CONFLICT DO NOTHING", (reference, old_key, blob, n))
         row = db.execute("SELECT templates, n_templates FROM optout_models WHERE reference=? AND model=?",
                          (reference, new_key)).fetchone()
         if row is None:
@@ -205,7 +209,9 @@ def store_templates(cat, reference: str, key: str, templates: np.ndarray) -> Non
     ensure_tables(cat)
     t = np.ascontiguousarray(templates, dtype=np.float32)
     with cat.transaction():
-        cat.db.execute("INSERT OR REPLACE INTO optout_models VALUES(?,?,?,?)", (reference, key, t.tobytes(), len(t)))
+        cat.db.execute("INSERT INTO optout_models VALUES(?,?,?,?) ON CONFLICT(reference, model) DO UPDATE SET "
+                       "templates=excluded.templates, n_templates=excluded.n_templates",
+                       (reference, key, t.tobytes(), len(t)))
 
 
 def keep_templates_for_all_packs(fi, reference: str, pixels: list[np.ndarray], current: np.ndarray) -> dict:
@@ -238,5 +244,5 @@ def renew_optout(cat, reference: str, templates: np.ndarray) -> None:
     t = np.ascontiguousarray(templates, dtype=np.float32)
     with cat.transaction():
         # a new id, so that optout_generation() changes and running ingests re-read the templates
-        cat.db.execute("UPDATE optouts SET templates=?, n_templates=?, id=(SELECT MAX(id) + 1 FROM optouts) "
-                       "WHERE reference=?", (t.tobytes(), len(t), reference))
+        cat.db.execute("UPDATE optouts SET templates=?, n_templates=?, id=? WHERE reference=?",
+                       (t.tobytes(), len(t), cat.reserve_ids("optouts", 1)[0], reference))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# the browser tests' fixtures (server, browser, page), for every tests/test_web*.py
-pytest_plugins = ["tests.web_support"]
+# the browser tests' fixtures (server, browser, page), for every tests/test_web*.py; a PostgreSQL server
+pytest_plugins = ["tests.web_support", "tests.pg_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -45,7 +45,8 @@ def _returns_x(fi, probe) -> bool:
 
 
 @pytest.fixture()
-def fi(tmp_path):
+def fi(tmp_path, catalog_backend):
+    """The same tests on the embedded catalog and on PostgreSQL (FACEINDEX_CATALOG, see tests/pg_server.py)."""
     with FaceIndex.open(tmp_path / "data") as index:
         index.set_source("archive", basis="owner", retention_days=0)
         rep = index.add([_collection(tmp_path / "photos")], "archive", workers=2)
@@ -146,20 +147,26 @@ def test_every_operation_is_audited(fi, tmp_path):
     assert fi.audit.query(case_ref="C-2")[0].action == "verify"
     assert fi.audit_verify().ok
     # the probe image itself is never stored
-    raw = (fi.data / "audit.db").read_bytes() + (fi.data / "catalog.db").read_bytes()
-    assert probe.read_bytes()[200:264] not in raw
+    if fi.catalog.dialect == "sqlite":
+        raw = (fi.data / "audit.db").read_bytes() + (fi.data / "catalog.db").read_bytes()
+        assert probe.read_bytes()[200:264] not in raw
 
 
-def test_tampering_detected_through_cli(fi):
+def test_tampering_detected_through_cli(fi, catalog_backend):
     fi.search(lfw(X, N + 4), **WHY)
     fi.search(lfw(Y, N + 4), **WHY)
     data = fi.data
     fi.close()
     assert run("audit", "verify", data=data, check=0)
-    db = sqlite3.connect(data / "audit.db")
-    db.execute("DROP TRIGGER IF EXISTS audit_no_update")
-    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
-        db.execute(f"DROP TRIGGER {name}")
+    if catalog_backend:  # an attacker with an SQL shell on the PostgreSQL server
+        import psycopg
+
+        db = psycopg.connect(catalog_backend, autocommit=True)
+        db.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+    else:
+        db = sqlite3.connect(data / "audit.db")
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+            db.execute(f"DROP TRIGGER {name}")
     db.execute("UPDATE audit SET case_ref='nothing-to-see' WHERE action='search' AND seq=(SELECT MAX(seq) FROM audit "
                "WHERE action='search')")
     db.commit()

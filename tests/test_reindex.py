@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from faceindex import FaceIndex
+from faceindex.catalog import open_catalog
 from faceindex.errors import ModelError
 
 from .conftest import lfw, needs_lfw, person_of
@@ -33,7 +34,8 @@ def cli(*args, data, env=None):
 
 
 @pytest.fixture()
-def dlib_index(tmp_path):
+def dlib_index(tmp_path, catalog_backend):
+    """A dlib index; on SQLite, and on PostgreSQL (FACEINDEX_CATALOG, tests/pg_server.py)."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name, n in PEOPLE.items():
@@ -52,11 +54,12 @@ def dlib_index(tmp_path):
 
 
 def _snapshot(data):
-    db = sqlite3.connect(data / "catalog.db")
+    cat = open_catalog(os.environ.get("FACEINDEX_CATALOG") or data / "catalog.db")
+    db = cat.db
     faces = dict(db.execute("SELECT id, person_id FROM faces").fetchall())
     names = dict(db.execute("SELECT id, name FROM people WHERE name IS NOT NULL").fetchall())
     dims = {len(b) // 4 for (b,) in db.execute("SELECT embedding FROM faces")}
-    db.close()
+    cat.close()
     return faces, names, dims
 
 
@@ -112,6 +115,7 @@ def test_reindex_killed_resumed_keeps_people_names_and_optouts(dlib_index):
             fi.reindex("yunet-omz95")
 
 
+@pytest.mark.parametrize("catalog_backend", ["sqlite"], indirect=True)  # PostgreSQL: the test above (kept short)
 def test_optout_without_template_for_the_new_model_is_reported_and_renewed(dlib_index):
     data, _ = dlib_index
     db = sqlite3.connect(data / "catalog.db")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faceindex.catalog import Catalog
+from faceindex.catalog import Catalog, open_catalog
 from faceindex.config import Settings
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
@@ -116,7 +116,7 @@ def fill(catalog: Catalog, vecs: np.ndarray, start: int = 0) -> list[int]:
 
 def manager(tmp_path: Path, **kw) -> tuple[Catalog, IndexManager]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(tmp_path / "catalog.db")
+    catalog = open_catalog(tmp_path / "catalog.db")
     return catalog, IndexManager(catalog, tmp_path, RESNET_SPEC, Settings(data=tmp_path, **kw))
 
 
@@ -199,13 +199,13 @@ def test_searches_go_on_while_the_graph_is_built(tmp_path, monkeypatch):
 
 CRASH = """
 import sys, numpy as np
-from faceindex.catalog import Catalog
+from faceindex.catalog import Catalog, open_catalog
 from faceindex.config import Settings
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.vectors import manager as mg
 from pathlib import Path
 data = Path(sys.argv[1])
-cat = Catalog(data / "catalog.db")
+cat = open_catalog(data / "catalog.db")
 m = mg.IndexManager(cat, data, RESNET_SPEC, Settings(data=data, exact_threshold=100))
 real = m._build
 def build(kind, c):

@@ -30,16 +30,6 @@ from . import schemas as S
 log = logging.getLogger("faceindex.server")
 UPLOAD_PREFIX = re.compile(r"^\d{5}-(\d{3}-)?")  # the order prefix uploads get on disk
 
-TABLE = """CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    owner INTEGER NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    progress TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-)"""
 
 
 @dataclass
@@ -101,8 +91,7 @@ def save(catalog: Catalog, job: Job) -> None:
     stamp = now()
     job.created_at = job.created_at or stamp
     job.updated_at = stamp
-    with catalog.transaction() as db:
-        db.execute(TABLE)
+    with catalog.transaction() as db:  # (the jobs table is in the catalog's schema)
         db.execute("INSERT INTO jobs(id, kind, owner, spec, state, progress, created_at, updated_at) "
                    "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET state=excluded.state, "
                    "spec=excluded.spec, progress=excluded.progress, updated_at=excluded.updated_at",
@@ -116,12 +105,11 @@ def load(catalog: Catalog, job_id: str | None = None, states: tuple[str, ...] = 
          owner: int | None = None, limit: int | None = None) -> list[Job]:
     """Jobs from the catalog: one by id, all in `states` (oldest first), or the newest `limit` (of `owner`)."""
     with catalog.transaction() as db:
-        db.execute(TABLE)
         if job_id is not None:
             rows = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,))
         elif limit is not None:
             where, args = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
-            rows = db.execute(f"SELECT {COLUMNS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            rows = db.execute(f"SELECT {COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?",
                               (*args, limit))
         else:
             rows = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE state IN "

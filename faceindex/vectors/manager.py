@@ -74,9 +74,15 @@ class IndexManager:
             self._trained_n = 0
             self._gallery = (-1, 0.0, np.zeros(0, np.int64), 0)
 
-    def mark_current(self) -> None:
-        """The in-memory index reflects the catalog's current generation (after a change made through it)."""
-        self._gen = self.catalog.generation
+    def mark_current(self, changed: bool = True) -> None:
+        """The in-memory index reflects the catalog's current generation (after a change made through it, which
+        moved the generation by one transaction when `changed`). When it moved further, another process (an
+        ingest on another host, a server sharing the catalog) committed too: reconcile by id sets, so that the
+        saved sidecar never claims a generation whose faces the index lacks."""
+        gen = self.catalog.generation
+        if self._index is not None and self._gen >= 0 and gen > self._gen + int(changed):
+            self._reconcile(self._index, self.catalog)
+        self._gen = gen
 
     def _meta_path(self) -> Path:
         return self.data / INDEX_META
@@ -153,7 +159,7 @@ class IndexManager:
         self._rebuild_thread.start()
 
     def _rebuild_beside(self, kind: str) -> None:
-        catalog = Catalog(self.catalog.path)  # its own connection: the live one keeps serving
+        catalog = self.catalog.reopen()  # its own connection: the live one keeps serving
         try:
             new = self._build(kind, catalog)
             with self.lock:
@@ -224,7 +230,7 @@ class IndexManager:
             index.remove(np.asarray(removed_ids, np.int64))
             if added_ids:
                 index.add(np.asarray(added_ids, np.int64), np.stack(added_vecs))
-            self.mark_current()
+            self.mark_current(bool(added_ids or removed_ids))
 
     def finish_batch(self) -> None:
         """After a batch of changes: save, and rebuild beside if the gallery now calls for another kind."""

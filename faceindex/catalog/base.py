@@ -1,4 +1,10 @@
-"""SQLite catalog: the source of truth for sources, images, files, faces (with embeddings) and people.
+"""The catalog protocol and its shared logic: the source of truth for sources, images, files, faces (with
+embeddings), people, opt-outs, API keys, confirmations and jobs.
+
+The SQL here is written once for both backends: SQLite (`sqlite.py`, the embedded default) runs it as it is;
+PostgreSQL (`postgres.py`) runs it through a small dialect layer (placeholders, `INSERT OR IGNORE`, DDL types,
+`RETURNING id` for `lastrowid`). A backend supplies the connection (`db`), the write transaction (one writer at
+a time on both: SQLite's BEGIN IMMEDIATE, a PostgreSQL advisory lock), and id allocation.
 
 Images are content (keyed by sha256); files are paths of a source that point at an image, so re-adding a file is
 a no-op, a moved or copied file keeps its faces, and an image lives while any source still holds a file of it.
@@ -8,120 +14,22 @@ Every transaction that adds or removes faces bumps `generation`, which the deriv
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import CatalogError, ModelError, NotFoundError
-from .types import Box, Face
+from ..errors import CatalogError, ModelError, NotFoundError
+from ..types import Box, Face
+from .accounts import AccountsMixin, now
+from .schema import ID_TABLES as ID_TABLES  # re-exported
+from .schema import SCHEMA as SCHEMA
+from .schema import SCHEMA_VERSION, UNIQUE_FACES
+from .schema import TABLES as TABLES
 
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sources (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    basis TEXT NOT NULL DEFAULT 'unspecified',
-    notice TEXT,
-    retention_days INTEGER
-);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
-    sha256 TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    face_count INTEGER NOT NULL,
-    added_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
-    source_id INTEGER NOT NULL REFERENCES sources(id),
-    path TEXT NOT NULL,
-    image_id INTEGER NOT NULL REFERENCES images(id),
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    added_at TEXT NOT NULL,
-    UNIQUE (source_id, path)
-);
-CREATE INDEX IF NOT EXISTS files_image ON files(image_id);
-CREATE TABLE IF NOT EXISTS people (
-    id INTEGER PRIMARY KEY,
-    name TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    id INTEGER PRIMARY KEY,
-    image_id INTEGER NOT NULL REFERENCES images(id),
-    idx INTEGER NOT NULL,
-    x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
-    landmarks TEXT NOT NULL,
-    det_score REAL NOT NULL,
-    q_size INTEGER NOT NULL,
-    q_sharpness REAL NOT NULL,
-    q_frontal REAL NOT NULL,
-    quality REAL NOT NULL,
-    embedding BLOB NOT NULL,
-    person_id INTEGER REFERENCES people(id) ON DELETE SET NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    prefix TEXT NOT NULL UNIQUE,
-    secret_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    revoked_at TEXT,
-    last_used_at TEXT
-);
-CREATE TABLE IF NOT EXISTS confirmations (
-    id INTEGER PRIMARY KEY,
-    case_ref TEXT NOT NULL,
-    face_id INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (case_ref, face_id, actor)
-);
-CREATE TABLE IF NOT EXISTS optouts (
-    id INTEGER PRIMARY KEY,
-    reference TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    templates BLOB NOT NULL,
-    n_templates INTEGER NOT NULL,
-    receipt TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
-CREATE TABLE IF NOT EXISTS person_cohesion (
-    person_id INTEGER PRIMARY KEY REFERENCES people(id) ON DELETE CASCADE,
-    similarity REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS face_blocks (
-    face_id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
-    block INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS face_blocks_block ON face_blocks(block);
-CREATE TABLE IF NOT EXISTS blocks_apart (
-    a INTEGER NOT NULL,
-    b INTEGER NOT NULL,
-    PRIMARY KEY (a, b)
-);
-CREATE INDEX IF NOT EXISTS faces_quality ON faces(quality);
-"""
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+_BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,56 +55,84 @@ class FileState:
     mtime_ns: int
 
 
-class Catalog:
-    """One SQLite database (WAL) in the data folder."""
+class Catalog(AccountsMixin):
+    """The catalog protocol, with the logic both backends share; open one with `open_catalog`."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise CatalogError(f"cannot open catalog {path}: {e}") from e
+    dialect: str = ""  # "sqlite" or "postgresql"
+    url: str = ""  # what reopen() opens: a file path or a postgresql:// URL
+    label: str = ""  # how messages name it (a path, or the URL without its password)
+    db: Any  # the connection: sqlite3.Connection, or postgres.PgConnection (the same execute API)
 
     def close(self) -> None:
         self.db.close()
 
+    def reopen(self) -> Catalog:
+        """Another connection to the same catalog (a rebuild thread, a background job)."""
+        from . import open_catalog
+
+        return open_catalog(self.url)
+
+    # --- backend hooks -----------------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """Start a write transaction holding the catalog's writer lock."""
+        raise NotImplementedError
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        """`n` fresh ids for rows of `table` inserted with explicit ids (inside a transaction)."""
+        raise NotImplementedError
+
+    def sync_ids(self) -> None:
+        """After rows were copied in with explicit ids: let the database's id allocation continue above them."""
+
     # --- plumbing ----------------------------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, statements: Iterable[str]) -> None:
+        """Create or upgrade the schema in one transaction; a schema from a newer faceindex is refused."""
         with self.transaction():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
+            for stmt in statements:
+                self.db.execute(stmt)
             version = self.get_meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("generation", "0")
-            elif int(version) > SCHEMA_VERSION:
+                self.db.execute(UNIQUE_FACES)
+                return
+            if int(version) > SCHEMA_VERSION:
                 raise CatalogError(
-                    f"catalog schema {version} is newer than this faceindex understands ({SCHEMA_VERSION})"
-                )
-            elif int(version) < 2:  # 1 -> 2: legal basis, notice and retention of sources
+                    f"catalog {self.label} has schema version {version}, newer than this faceindex understands "
+                    f"({SCHEMA_VERSION}): upgrade faceindex")
+            if int(version) < 2:  # 1 -> 2: legal basis, notice and retention of sources
                 for col in ("basis TEXT NOT NULL DEFAULT 'unspecified'", "notice TEXT", "retention_days INTEGER"):
                     self.db.execute(f"ALTER TABLE sources ADD COLUMN {col}")
-                self.set_meta("schema_version", "2")
+            if int(version) < 3:  # 2 -> 3: one row per (image, face index); jobs and reindex tables (in SCHEMA)
+                self.db.execute(UNIQUE_FACES)
+            if int(version) < SCHEMA_VERSION:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.db.in_transaction)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (so a crash leaves no half batch)."""
-        if self.db.in_transaction:  # nested: join the outer transaction
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction (one writer at a time), rolled back on any exception (a crash leaves no half
+        batch); nested calls join the outer one."""
+        if self.in_transaction:
             yield self.db
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin()
+        self._bump_due = False
         try:
             yield self.db
+            if self._bump_due:
+                self.db.execute(_BUMP)
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
         else:
             self.db.execute("COMMIT")
+        finally:
+            self._bump_due = False
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -211,7 +147,11 @@ class Catalog:
         return int(self.get_meta("generation") or 0)
 
     def _bump(self) -> None:
-        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        """Move the generation on: once per transaction, at its commit (one statement less per image)."""
+        if self.in_transaction:
+            self._bump_due = True
+        else:
+            self.db.execute(_BUMP)
 
     def check_model(self, key: str) -> None:
         """Record the embedding model on first use; refuse a different one afterwards."""
@@ -326,14 +266,16 @@ class Catalog:
         Returns (image_id, new face ids, face ids removed because the path used to hold other content).
         """
         with self.transaction():
-            existing = self.image_id_by_sha(sha256)
-            if existing is not None:  # another process (or an earlier crashed run) got here first
-                return existing, [], self.put_file(source_id, path, existing, size, mtime_ns)
             ts = now()
-            image_id = self.db.execute(
-                "INSERT INTO images(sha256, size, width, height, face_count, added_at) VALUES(?,?,?,?,?,?)",
+            row = self.db.execute(
+                "INSERT INTO images(sha256, size, width, height, face_count, added_at) VALUES(?,?,?,?,?,?) "
+                "ON CONFLICT(sha256) DO NOTHING RETURNING id",
                 (sha256, size, width, height, len(faces), ts),
-            ).lastrowid
+            ).fetchall()  # (all: the statement must finish before the next one on SQLite)
+            if not row:  # another process (or an earlier crashed run) got here first
+                existing = self.image_id_by_sha(sha256)
+                return existing, [], self.put_file(source_id, path, existing, size, mtime_ns)
+            image_id = row[0][0]
             ids = []
             for f in faces:
                 q = f.quality
@@ -440,7 +382,7 @@ class Catalog:
     _RECORD_SQL = (
         "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality, f.person_id, p.name, fl.path, s.name, "
         "i.added_at, s.basis FROM faces f JOIN images i ON i.id = f.image_id "
-        "JOIN files fl ON fl.id = (SELECT MIN(id) FROM files WHERE image_id = f.image_id) "
+        "JOIN files fl ON fl.image_id = f.image_id AND fl.id = (SELECT MIN(id) FROM files WHERE image_id = f.image_id) "
         "JOIN sources s ON s.id = fl.source_id LEFT JOIN people p ON p.id = f.person_id "
     )
 
@@ -493,7 +435,8 @@ class Catalog:
         """The best-quality face ids of each person."""
         rows = self.db.execute(
             "SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
-            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) WHERE rn <= ?", (per_person,))
+            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) AS ranked WHERE rn <= ?",
+            (per_person,))
         out: dict[int, list[int]] = {}
         for pid, fid in rows:
             out.setdefault(pid, []).append(fid)
@@ -527,82 +470,6 @@ class Catalog:
         with self.transaction():
             if self.db.execute("UPDATE people SET name=? WHERE id=?", (name, person_id)).rowcount == 0:
                 raise NotFoundError(f"no person {person_id}")
-
-    # --- opt-outs ---------------------------------------------------------------------------------------------
-    def add_optout(self, reference: str, actor: str, templates: np.ndarray, receipt: dict) -> None:
-        with self.transaction():
-            if self.db.execute("SELECT 1 FROM optouts WHERE reference=?", (reference,)).fetchone():
-                raise CatalogError(f"an opt-out with reference {reference!r} already exists")
-            t = np.ascontiguousarray(templates, dtype=np.float32)
-            self.db.execute(
-                "INSERT INTO optouts(reference, created_at, actor, templates, n_templates, receipt) VALUES(?,?,?,?,?,?)",
-                (reference, receipt["time"], actor, t.tobytes(), len(t), json.dumps(receipt)))
-
-    def optouts(self) -> list[dict]:
-        rows = self.db.execute("SELECT reference, created_at, actor, n_templates, receipt FROM optouts ORDER BY id")
-        return [{"reference": r, "created_at": c, "actor": a, "templates": n, "receipt": json.loads(rc)}
-                for r, c, a, n, rc in rows]
-
-    def remove_optout(self, reference: str) -> None:
-        with self.transaction():
-            if self.db.execute("DELETE FROM optouts WHERE reference=?", (reference,)).rowcount == 0:
-                raise NotFoundError(f"no opt-out with reference {reference!r}")
-
-    def optout_generation(self) -> tuple[int, int]:
-        """Changes whenever an opt-out is added or removed (count, highest id): cheap to poll per batch."""
-        row = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM optouts").fetchone()
-        return int(row[0]), int(row[1])
-
-    def optout_templates(self, dim: int = 128) -> np.ndarray:
-        blobs = [r[0] for r in self.db.execute("SELECT templates FROM optouts")]
-        if not blobs:
-            return np.zeros((0, dim), np.float32)
-        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
-
-    # --- API keys and confirmations --------------------------------------------------------------------------
-    def add_key(self, name: str, role: str, prefix: str, secret_sha256: str, created_by: str) -> int:
-        with self.transaction():
-            return self.db.execute(
-                "INSERT INTO api_keys(name, role, prefix, secret_sha256, created_at, created_by) VALUES(?,?,?,?,?,?)",
-                (name, role, prefix, secret_sha256, now(), created_by)).lastrowid
-
-    def keys(self) -> list[dict]:
-        rows = self.db.execute("SELECT id, name, role, prefix, created_at, created_by, revoked_at, last_used_at "
-                               "FROM api_keys ORDER BY id")
-        cols = ("id", "name", "role", "prefix", "created_at", "created_by", "revoked_at", "last_used_at")
-        return [dict(zip(cols, r)) for r in rows]
-
-    def key_by_prefix(self, prefix: str) -> tuple | None:
-        return self.db.execute("SELECT id, name, role, secret_sha256, revoked_at, last_used_at FROM api_keys WHERE prefix=?",
-                               (prefix,)).fetchone()
-
-    def touch_key(self, key_id: int) -> None:
-        with self.transaction():
-            self.db.execute("UPDATE api_keys SET last_used_at=? WHERE id=?", (now(), key_id))
-
-    def revoke_key(self, key_id: int) -> None:
-        with self.transaction():
-            if self.db.execute("UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
-                               (now(), key_id)).rowcount == 0:
-                raise NotFoundError(f"no active key {key_id}")
-
-    def add_confirmation(self, case_ref: str, face_id: int, actor: str) -> list[str]:
-        """Record one investigator's confirmation; returns the distinct actors who confirmed."""
-        with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO confirmations(case_ref, face_id, actor, created_at) "
-                            "VALUES(?,?,?,?)", (case_ref, face_id, actor, now()))
-            return self.confirmers(case_ref, face_id)
-
-    def confirmers(self, case_ref: str, face_id: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT actor FROM confirmations WHERE case_ref=? AND face_id=? ORDER BY id", (case_ref, face_id))]
-
-    def confirmations(self, case_ref: str) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {}
-        for fid, actor in self.db.execute("SELECT face_id, actor FROM confirmations WHERE case_ref=? ORDER BY id",
-                                          (case_ref,)):
-            out.setdefault(fid, []).append(actor)
-        return out
 
     # --- stats -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
