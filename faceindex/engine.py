@@ -31,8 +31,9 @@ from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
+from .vectors import milvus as milvus_url
 from .vectors.faiss import FaissIndex, HnswIndex
-from .vectors.manager import IndexManager
+from .vectors.manager import open_manager
 
 Progress = Callable[[str, dict], None]
 
@@ -64,6 +65,9 @@ class FaceIndex:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        vectors = milvus_url.check(settings.vectors)  # a bad URL or an unreachable server: refused, nothing made
+        if vectors is not None:
+            milvus_url.ping(vectors)
         self.data = settings.resolved_data()
         self.data.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.data / CATALOG_FILE)
@@ -81,7 +85,13 @@ class FaceIndex:
         self.calibration = packs.calibration_for(self.pack, self.data)
         self._pipeline = None
         self._lock = threading.RLock()
-        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
+        self.vectors = open_manager(self.catalog, self.data, self.spec, settings)
+        try:
+            if vectors is not None:
+                _ = self.vectors.index  # its collection (made by another model? refused now) and catch-up
+        except FaceIndexError:
+            self.catalog.close()
+            raise
         try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
             self.audit = anchoring.open_audit(self.catalog, self.data / AUDIT_FILE, anchoring.load_key(settings))
         except FaceIndexError:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 # the browser tests' fixtures (server, browser, page), for every tests/test_web*.py
-pytest_plugins = ["tests.web_support"]
+pytest_plugins = ["tests.web_support", "tests.milvus_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
