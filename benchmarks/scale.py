@@ -149,22 +149,22 @@ def search_cmd(args) -> None:
     print(f"faiss-hnsw: built {build:.0f} s, p50 {ms(secs, 50):.2f} ms, recall {rows[-1][3]:.3f}", flush=True)
     del hnsw
 
-    server, base = None, None
-    url = os.environ.get("FACEINDEX_TEST_MILVUS")
-    if not url:
-        from milvus import default_server as server
-
-        base = Path(tempfile.mkdtemp(prefix="milvus-bench-", dir=args.tmp))
-        server.set_base_dir(str(base))
-        server.start()
-        url = f"milvus://127.0.0.1:{server.listen_port}"
-    elif args.server_dir:
-        base = args.server_dir
-    pid = milvus_pid(int(url.rsplit(":", 1)[1]))
+    given = os.environ.get("FACEINDEX_TEST_MILVUS")
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    try:
-        for kind in ("hnsw", "ivf_sq8"):
-            disk0 = du_mib(base)
+    for kind in ("hnsw", "ivf_sq8"):
+        # a fresh embedded server per index type, so that its memory and disk growth is this collection's alone
+        server, base, url = None, args.server_dir, given
+        if not given:
+            from milvus import default_server as server
+
+            base = Path(tempfile.mkdtemp(prefix="milvus-bench-", dir=args.tmp))
+            server.set_base_dir(str(base))
+            server.start()
+            url = f"milvus://127.0.0.1:{server.listen_port}"
+        try:
+            pid = milvus_pid(int(url.rsplit(":", 1)[1]))
+            time.sleep(10)
+            rss0, disk0 = rss_mib(pid), du_mib(base)
             t = time.perf_counter()
             index = MilvusIndex(f"{url}/{prefix}?index={kind}", f"bench-{kind}@1/{dim}", dim, ef_search=192,
                                 nprobe=args.nprobe)
@@ -173,11 +173,9 @@ def search_cmd(args) -> None:
             index.flush()
             wait_indexed(index, len(ids))
             index.client.release_collection(index.name)
-            time.sleep(5)
-            rss0 = rss_mib(pid)  # the load's footprint: server memory before and after loading the collection
             index.client.load_collection(index.name)
             build = time.perf_counter() - t
-            time.sleep(5)
+            time.sleep(10)
             rss1, disk1 = rss_mib(pid), du_mib(base)
             secs, found = timed(lambda q, ix=index: ix.search(q, 10)[1], queries)
             per_vec = ((rss1 - rss0) * 2**20 / len(ids), (disk1 - disk0) * 2**20 / len(ids))
@@ -187,10 +185,10 @@ def search_cmd(args) -> None:
                   f"MiB, disk +{disk1 - disk0:.0f} MiB", flush=True)
             index.drop()
             index.close()
-    finally:
-        if server is not None:
-            server.stop()
-            shutil.rmtree(base, ignore_errors=True)
+        finally:
+            if server is not None:
+                server.stop()
+                shutil.rmtree(base, ignore_errors=True)
 
     base_p50 = ms(rows[0][2], 50)
     print(f"\n## search, {len(gallery):,} faces x {dim}-d, {len(queries)} single queries, k = 10 "

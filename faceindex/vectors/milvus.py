@@ -150,7 +150,7 @@ class MilvusIndex:
             # 64 partitions (Milvus' default for a partition key) hashed from source ids: a source filter prunes
             # the search to one partition in 64
             self._call("create", c.create_collection, self.name, schema=schema,
-                       index_params=self._index_params("hnsw" if self.url.index == "auto" else self.url.index, 0),
+                       index_params=self._index_params("hnsw" if self.url.index == "auto" else self.url.index),
                        num_partitions=64, consistency_level="Bounded")
             self.created = True
         self._call("load", c.load_collection, self.name)
@@ -160,13 +160,15 @@ class MilvusIndex:
         desc = self._call("describe index", self.client.describe_index, self.name, "vec")
         return str(desc.get("index_type", "")).lower()
 
-    def _index_params(self, kind: str, n: int):
+    def _index_params(self, kind: str):
         params = self.client.prepare_index_params()
         if kind == "hnsw":  # as the FAISS graph: M 32, efConstruction 100 (docs/architecture.md)
             params.add_index("vec", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 100})
-        else:  # nlist ~ 4 sqrt(n) as FAISS' IVF (Milvus allows 1..65536)
-            nlist = int(min(65536, max(1024, 4 * np.sqrt(max(n, 1)))))
-            params.add_index("vec", index_type="IVF_SQ8", metric_type="IP", params={"nlist": nlist})
+        else:
+            # IVF is built per segment (512 MB by default): Milvus' rule of thumb 4 sqrt(rows per segment) gives
+            # ~2,900 lists for full segments of 256-d faces; 1,024 is the largest count that never exceeds the
+            # rows of a segment Milvus indexes at all (>= 1,024 rows), so small segments sealed when idle build too
+            params.add_index("vec", index_type="IVF_SQ8", metric_type="IP", params={"nlist": 1024})
         return params
 
     def wanted_index(self, n: int) -> str:
@@ -187,7 +189,7 @@ class MilvusIndex:
         c = self.client
         self._call("release", c.release_collection, self.name)
         self._call("drop index", c.drop_index, self.name, "vec")
-        self._call("create index", c.create_index, self.name, self._index_params(want, n))
+        self._call("create index", c.create_index, self.name, self._index_params(want))
         self._call("load", c.load_collection, self.name)
         self.kind = "milvus-" + want
         return True
