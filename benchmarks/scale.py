@@ -11,6 +11,12 @@ held-out real faces (one per person with 2+ images). The Milvus server: FACEINDE
 if set, else the embedded server of the PyPI package `milvus`, started in a temporary folder.
 
     nice -n 10 python benchmarks/scale.py search [--size 200000] [--queries 500]
+
+`index-size`: bytes per vector of Milvus' index files for HNSW and IVF_SQ8 (what a query node loads), the memory
+figure docs/scale.md plans with (a process's RSS is no good measure: the embedded server builds indexes in the same
+process and keeps freed memory).
+
+    nice -n 10 python benchmarks/scale.py index-size [--size 50000] [--dim 256]
 """
 
 from __future__ import annotations
@@ -91,6 +97,11 @@ def du_mib(path: Path | None) -> float:
     if path is None:
         return float("nan")
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def index_bytes(base: Path) -> int:
+    """Bytes of the index files in a server's folder: what a query node loads into memory for the vectors."""
+    return sum(p.stat().st_size for p in base.rglob("*") if p.is_file() and "index_files" in p.parts)
 
 
 def wait_indexed(index, n: int, timeout: float = 3600) -> None:
@@ -180,6 +191,8 @@ def search_cmd(args) -> None:
             secs, found = timed(lambda q, ix=index: ix.search(q, 10)[1], queries)
             per_vec = ((rss1 - rss0) * 2**20 / len(ids), (disk1 - disk0) * 2**20 / len(ids))
             rows.append((f"Milvus {kind.upper()}", build, secs, recall10(found, truth), *per_vec))
+            if base is not None:
+                print(f"milvus-{kind}: index files {index_bytes(base) / len(ids):,.0f} B/vector", flush=True)
             print(f"milvus-{kind}: inserted {t_insert:.0f} s ({len(ids) / t_insert:,.0f}/s), indexed+loaded "
                   f"{build:.0f} s, p50 {ms(secs, 50):.2f} ms, recall {rows[-1][3]:.3f}, server RSS +{rss1 - rss0:.0f} "
                   f"MiB, disk +{disk1 - disk0:.0f} MiB", flush=True)
@@ -201,6 +214,37 @@ def search_cmd(args) -> None:
               f"{rec:.3f} | {rss:,.0f} | {disk:,.0f} |")
 
 
+def index_size_cmd(args) -> None:
+    """Index-file bytes per vector of each Milvus index type (random unit vectors; the size does not depend on
+    the values), on a fresh embedded server."""
+    from milvus import default_server as server
+
+    from faceindex.vectors.milvus import MilvusIndex
+
+    base = Path(tempfile.mkdtemp(prefix="milvus-size-", dir=args.tmp))
+    server.set_base_dir(str(base))
+    server.start()
+    try:
+        rng = np.random.default_rng(0)
+        v = rng.standard_normal((args.size, args.dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        print(f"# {args.size:,} vectors x {args.dim}-d; index files per vector (a query node loads them; add 16 B "
+              "of id and source per row)")
+        for kind in ("hnsw", "ivf_sq8"):
+            before = index_bytes(base)
+            ix = MilvusIndex(f"milvus://127.0.0.1:{server.listen_port}/size?index={kind}", f"size-{kind}@1/{args.dim}",
+                             args.dim)
+            ix.add(np.arange(args.size), v)
+            ix.flush()
+            wait_indexed(ix, args.size)
+            time.sleep(5)
+            print(f"{kind}: {(index_bytes(base) - before) / args.size:,.0f} B/vector", flush=True)
+            ix.close()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -213,8 +257,13 @@ def main() -> None:
                    help="with FACEINDEX_TEST_MILVUS: that server's base folder (for the disk figures)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=search_cmd)
+    z = sub.add_parser("index-size", help="Milvus index-file bytes per vector, HNSW and IVF_SQ8")
+    z.add_argument("--size", type=int, default=50_000)
+    z.add_argument("--dim", type=int, default=256)
+    z.add_argument("--tmp", type=Path, default=None)
+    z.set_defaults(fn=index_size_cmd)
     args = ap.parse_args()
-    if not EMB.is_file():
+    if args.cmd == "search" and not EMB.is_file():
         sys.exit(f"{EMB} not found: run benchmarks/people.py (or search.py) once to cache LFW embeddings")
     args.fn(args)
 

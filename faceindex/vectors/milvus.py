@@ -120,7 +120,11 @@ class MilvusIndex:
                                        grpc_options=GRPC_OPTIONS)
         except MilvusException as e:
             raise VectorStoreError(f"cannot reach Milvus at {self.url.host}:{self.url.port}: {e.message}") from e
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.client.close()
+            raise
 
     # --- the collection ------------------------------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kwargs):
