@@ -8,6 +8,7 @@ retention, deletion), `keys` (API keys, two-person confirmation), `crops`; the v
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
@@ -69,6 +70,7 @@ class FaceIndex:
         if vectors is not None:
             milvus_url.ping(vectors)
         self.data = settings.resolved_data()
+        made = not self.data.exists()
         self.data.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.data / CATALOG_FILE)
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
@@ -91,6 +93,11 @@ class FaceIndex:
                 _ = self.vectors.index  # its collection (made by another model? refused now) and catch-up
         except FaceIndexError:
             self.catalog.close()
+            if made:  # a folder made by this call holds only the new, empty catalog: leave nothing behind
+                with contextlib.suppress(OSError):
+                    for p in self.data.glob(CATALOG_FILE + "*"):
+                        p.unlink()
+                    self.data.rmdir()
             raise
         try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
             self.audit = anchoring.open_audit(self.catalog, self.data / AUDIT_FILE, anchoring.load_key(settings))

@@ -194,6 +194,7 @@ def test_collection_of_another_model_refused(milvus_url, tmp_path):
     client.close()
     with pytest.raises(ModelError, match="was not made for model"):
         FaceIndex.open(tmp_path / "d", vectors=milvus_url)
+    assert not (tmp_path / "d").exists()  # nothing left behind
 
 
 def test_cli_vectors_errors(tmp_path):
