@@ -214,3 +214,24 @@ def test_no_pymilvus_import_without_milvus(tmp_path):
                        timeout=120, env=clean_env())
     assert p.returncode == 0, p.stderr
     assert os.path.exists(tmp_path / "d" / "catalog.db")
+
+
+def test_index_type_follows_the_size(milvus_url):
+    """HNSW below hnsw_max vectors, IVF_SQ8 from it on (checked on open); search keeps working across the switch."""
+    from faceindex.vectors.milvus import MilvusIndex
+
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(1500, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    url = milvus_url + "?hnsw_max=1000"
+    index = MilvusIndex(url, "size@1/16", 16)
+    assert index.kind == "milvus-hnsw"
+    index.add(np.arange(1500), vecs)
+    assert index.ensure_index() and index.kind == "milvus-ivf_sq8"
+    index.close()
+    again = MilvusIndex(url, "size@1/16", 16)
+    assert again.kind == "milvus-ivf_sq8" and not again.ensure_index()
+    assert again.wanted_index(600) == "ivf_sq8" and again.wanted_index(400) == "hnsw"  # no flapping at the bar
+    _, got = again.search(vecs[:5], 3)
+    assert np.array_equal(got[:, 0], np.arange(5))
+    again.close()
