@@ -64,10 +64,14 @@ def _root(
     backend: Annotated[str | None, typer.Option(help="embedding runtime: auto, onnx or dlib")] = None,
     model: Annotated[str | None, typer.Option(help="model pack of a new index (faceindex models list); an "
                                                    "existing index keeps its own")] = None,
+    vectors: Annotated[str | None, typer.Option(help="vector store: milvus://host:port[/prefix] (default: the "
+                                                     "FAISS file in the data folder; FACEINDEX_VECTORS)")] = None,
 ) -> None:
     overrides: dict = {"data": data}
     if catalog is not None:
         overrides["catalog"] = catalog
+    if vectors is not None:
+        overrides["vectors"] = vectors
     if model is not None:
         overrides["model"] = model
     if detector is not None:

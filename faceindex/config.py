@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["auto", "exact", "hnsw", "ivf"] = Field(
         default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw above")
+    vectors: str | None = Field(
+        default=None, description="vector store: unset = the FAISS file in the data folder; milvus://host:port"
+                                  "[/prefix] = a Milvus server or cluster (docs/scale.md)")
     ef_search: int = Field(default=192, ge=8, le=4096,
                            description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")

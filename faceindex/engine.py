@@ -8,6 +8,7 @@ retention, deletion), `keys` (API keys, two-person confirmation), `crops`; the v
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
@@ -31,8 +32,9 @@ from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
+from .vectors import milvus as milvus_url
 from .vectors.faiss import FaissIndex, HnswIndex
-from .vectors.manager import IndexManager
+from .vectors.manager import open_manager
 
 Progress = Callable[[str, dict], None]
 
@@ -80,7 +82,11 @@ class FaceIndex:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        vectors = milvus_url.check(settings.vectors)  # a bad URL or an unreachable server: refused, nothing made
+        if vectors is not None:
+            milvus_url.ping(vectors)
         self.data = settings.resolved_data()
+        made = not self.data.exists()
         self.data.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = open_catalog(settings.catalog or self.data / CATALOG_FILE)
         self._root = self  # views made by acting_as share the state below (objects, and _Shared attributes)
@@ -97,7 +103,18 @@ class FaceIndex:
         self.calibration = packs.calibration_for(self.pack, self.data)
         self._pipeline = None
         self._lock = threading.RLock()
-        self.vectors = IndexManager(self.catalog, self.data, self.spec, settings)
+        self.vectors = open_manager(self.catalog, self.data, self.spec, settings)
+        try:
+            if vectors is not None:
+                _ = self.vectors.index  # its collection (made by another model? refused now) and catch-up
+        except FaceIndexError:
+            self.catalog.close()
+            if made:  # a folder made by this call holds only the new, empty catalog: leave nothing behind
+                with contextlib.suppress(OSError):
+                    for p in self.data.glob(CATALOG_FILE + "*"):
+                        p.unlink()
+                    self.data.rmdir()
+            raise
         try:  # cross-checked with the head the catalog recorded: a deleted or truncated log stops us here
             self.audit = anchoring.open_audit(self.catalog, audit_target(self.catalog, self.data),
                                               anchoring.load_key(settings))

@@ -46,6 +46,12 @@ class AuditKeyError(AuditTrailError):
     exit_code = 8
 
 
+class VectorStoreError(FaceIndexError):
+    """A vector store (milvus://...) that is misnamed, unreachable, or failed an operation."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class NotFoundError(CatalogError):
     """A person, face, image or source that does not exist."""
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# the browser tests' fixtures (server, browser, page), for every tests/test_web*.py; a PostgreSQL server
-pytest_plugins = ["tests.web_support", "tests.pg_server"]
+# the browser tests' fixtures (server, browser, page), for every tests/test_web*.py; a PostgreSQL server; a
+# Milvus server
+pytest_plugins = ["tests.web_support", "tests.pg_server", "tests.milvus_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

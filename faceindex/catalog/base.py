@@ -350,6 +350,11 @@ class Catalog(AccountsMixin):
     def face_ids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM faces ORDER BY id")), dtype=np.int64)
 
+    def face_ids_after(self, after: int) -> np.ndarray:
+        """Ids of the faces above `after`, sorted (a vector store catching up from its watermark)."""
+        rows = self.db.execute("SELECT id FROM faces WHERE id > ? ORDER BY id", (after,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
     def low_quality_ids(self, bar: float) -> np.ndarray:
         rows = self.db.execute("SELECT id FROM faces WHERE quality < ?", (bar,))
         return np.fromiter((r[0] for r in rows), dtype=np.int64)

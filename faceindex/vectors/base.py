@@ -1,4 +1,8 @@
-"""The protocol every vector index implements."""
+"""The protocol every vector index implements: FAISS in the data folder (vectors/faiss.py, the embedded
+default) and a Milvus collection (vectors/milvus.py). tests/test_vector_contract.py runs one contract on each.
+
+Ids are catalog face ids; the catalog is the source of truth. A store may be shared by several processes
+(Milvus): then the index manager, not the store, decides what a search may return (see vectors/milvus.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,18 @@ class VectorIndex(Protocol):
         """Top-k inner products and ids (id -1 pads missing results), skipping `exclude` ids."""
         ...
 
+    def range_search(self, vecs: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, (sims, ids) of every vector with inner product > threshold: exact, since opt-out and
+        subject access must miss nothing."""
+        ...
+
     def ids(self) -> np.ndarray:
         """All ids held, sorted."""
         ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> None:
+        """FAISS: write the file atomically. Milvus: seal its segments (every write is already durable)."""
+        ...
 
     @property
     def count(self) -> int: ...

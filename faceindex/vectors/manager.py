@@ -258,6 +258,16 @@ class IndexManager:
         return cached[2], cached[3]
 
 
+def open_manager(catalog: Catalog, data: Path, spec, settings) -> IndexManager:
+    """The manager for `settings.vectors`: the FAISS file in the data folder (unset), or a Milvus collection
+    (milvus://..., whose module, and pymilvus, are imported only then)."""
+    if getattr(settings, "vectors", None) not in (None, "", "faiss"):
+        from .milvus_manager import MilvusManager
+
+        return MilvusManager(catalog, data, spec, settings)
+    return IndexManager(catalog, data, spec, settings)
+
+
 def _all_embeddings(catalog: Catalog, dim: int, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     parts = list(catalog.embeddings(ids, dim=dim))
     if not parts:
