@@ -67,6 +67,18 @@ def test_migrate_copies_everything_verified(embedded, pg_url, tmp_path):
     assert cli("--catalog", pg_url, "audit", "verify", data=tmp_path / "x", check=0)
 
 
+def test_migrate_to_postgresql_and_milvus(embedded, pg_url, milvus_url, tmp_path):
+    """--to-vectors fills the Milvus collection from the migrated catalog, and the copy searches the same."""
+    data, before = embedded
+    p = cli("migrate", "--to-catalog", pg_url, "--to-vectors", milvus_url, "--json", data=data, check=0)
+    report = json.loads(p.stdout)
+    assert report["vectors"] == {"url": milvus_url, "vectors": before["counts"]["faces"], "verified": True}
+    with FaceIndex.open(tmp_path / "fresh", catalog=pg_url, vectors=milvus_url) as fi:
+        assert fi.index.count == before["counts"]["faces"]
+        top = fi.search(lfw("Tony_Blair", 9), top=1, largest=True, **WHY)[0].matches[0]
+        assert person_of(top.path) == "Tony_Blair"
+
+
 def test_migrate_refuses_a_non_empty_target_and_changes_nothing(embedded, pg_url):
     data, _ = embedded
     cli("migrate", "--to-catalog", pg_url, data=data, check=0)
