@@ -31,7 +31,7 @@ from .models.base import ModelPack, ModelSpec
 from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
-from .vectors.faiss import FaissIndex, HnswIndex
+from .vectors.faiss import FaissIndex, Tombstoned
 from .vectors.manager import IndexManager
 
 Progress = Callable[[str, dict], None]
@@ -170,7 +170,7 @@ class FaceIndex:
             self.vectors.switch_model(pack.spec)
 
     @property
-    def index(self) -> FaissIndex | HnswIndex:
+    def index(self) -> FaissIndex | Tombstoned:
         """The vector index, loaded once and repaired from the catalog when they disagree."""
         self._follow_model()
         return self.vectors.index

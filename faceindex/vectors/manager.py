@@ -21,12 +21,14 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..errors import FaceIndexError
-from .faiss import FaissIndex, HnswIndex, load_index
+from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
+TRAINED = ("ivf", "ivfsq")  # kinds with lists trained on the gallery: retrained when it grows 8-fold
+BUILD_BATCH = 100_000  # faces read from the catalog and added at a time while building
 
-AnyIndex = FaissIndex | HnswIndex
+AnyIndex = FaissIndex | Tombstoned
 
 
 class IndexManager:
@@ -100,9 +102,11 @@ class IndexManager:
             meta = json.loads(self._meta_path().read_text())
             if meta.get("model") == self.spec.key and (self.data / INDEX_FILE).is_file():
                 index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search)
+                if isinstance(index, IvfSqIndex):
+                    index.nprobe = self.settings.ivfsq_nprobe
         except (OSError, ValueError, FaceIndexError):
             index = None
-        self._trained_n = meta.get("trained_n", 0) if index is not None and index.kind == "ivf" else 0
+        self._trained_n = meta.get("trained_n", 0) if index is not None and index.kind in TRAINED else 0
         if index is not None and meta.get("generation") == gen and meta.get("count") == index.count:
             self._gen = gen
         else:
@@ -127,15 +131,17 @@ class IndexManager:
         choice = self.settings.index_kind
         if choice == "auto":
             large = n >= t or (index.kind != "exact" and n >= t // 2)  # hysteresis: no flapping at the threshold
-            want = "hnsw" if large else "exact"
+            g = self.settings.graph_threshold
+            huge = n >= g or (index.kind == "ivfsq" and n >= g // 2)
+            want = ("ivfsq" if huge else "hnsw") if large else "exact"
         else:
             want = choice
         if want != index.kind:
             return want
-        if index.kind == "ivf" and n > 8 * max(1, self._trained_n or n):
-            return "ivf"  # the lists were trained on a gallery 8x smaller
-        if isinstance(index, HnswIndex) and index.needs_compaction():
-            return "hnsw"
+        if index.kind in TRAINED and n > 8 * max(1, self._trained_n or n):
+            return index.kind  # the lists were trained on a gallery 8x smaller
+        if isinstance(index, Tombstoned) and index.needs_compaction():
+            return index.kind
         return None
 
     def _maybe_rebuild(self) -> None:
@@ -183,15 +189,21 @@ class IndexManager:
             for ids, vecs in catalog.embeddings(dim=self.spec.dim):
                 index.add(ids, vecs)
             return index
-        all_ids, all_vecs = _all_embeddings(catalog, self.spec.dim)
         if kind == "hnsw":
             index = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
         else:
+            # trained on a sample; the vectors then stream in from the catalog (10M x 256 float32 is 10 GB)
+            ids = catalog.face_ids()
             rng = np.random.default_rng(0)
-            sample = all_vecs[rng.choice(len(all_vecs), size=min(len(all_vecs), 200_000), replace=False)]
-            index = FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
-            self._trained_n = len(all_ids)
-        index.add(all_ids, all_vecs)
+            pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
+            sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
+            if kind == "ivfsq":
+                index = IvfSqIndex.trained(self.spec.dim, sample, len(ids), self.settings.ivfsq_nprobe)
+            else:
+                index = FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
+            self._trained_n = len(ids)
+        for ids, vecs in catalog.embeddings(dim=self.spec.dim, batch=BUILD_BATCH):
+            index.add(ids, vecs)
         return index
 
     def all_embeddings(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +213,7 @@ class IndexManager:
     def _save(self, index: AnyIndex, generation: int) -> None:
         index.save(self.data / INDEX_FILE)
         meta = {"model": self.spec.key, "generation": generation, "count": index.count, "kind": index.kind,
-                "trained_n": self._trained_n if index.kind == "ivf" else 0}
+                "trained_n": self._trained_n if index.kind in TRAINED else 0}
         tmp = self._meta_path().with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, self._meta_path())
