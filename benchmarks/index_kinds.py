@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
-from faceindex.vectors.faiss import HnswIndex, IvfSqIndex  # noqa: E402
+from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex  # noqa: E402
 
 
 def load_real(pack: str) -> tuple[np.ndarray, np.ndarray]:
@@ -67,15 +67,11 @@ def build(kind: str, gal: np.ndarray, args):
     """(index object with .search(q, k) -> (sims, ids), file to save it to or None)."""
     d = gal.shape[1]
     ids = np.arange(len(gal), dtype=np.int64)
-    if kind == "base":
-        nlist = int(min(65536, max(16, 2 ** round(np.log2(4 * np.sqrt(len(gal)))))))
-        quant = faiss.IndexFlatIP(d)
-        ix = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    if kind == "base":  # as benchmarks/search.py makes it: lists by the 200k training sample (2,048)
         rng = np.random.default_rng(0)
-        ix.train(gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)])
-        ix.add(gal)
-        ix.nprobe = 128
-        return _Plain(ix), f"IVF-Flat nlist={nlist} nprobe=128"
+        base = FaissIndex.ivf(d, gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)], 128)
+        base.add(ids, gal)
+        return _Plain(base.index, 128), f"IVF-Flat nlist={base.index.nlist} nprobe=128 (baseline)"
     if kind.startswith("hnsw") and not kind.startswith("hnswsq"):
         m = int(kind[4:] or 32)
         ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef)
@@ -106,8 +102,9 @@ def _add_chunked(ix, ids, vecs, step: int = 100_000) -> None:
 class _Plain:
     kind = "ivf-flat"
 
-    def __init__(self, ix) -> None:
-        self.ix = ix
+    def __init__(self, ix, nprobe: int) -> None:
+        self.ix = faiss.extract_index_ivf(ix)
+        self.ix.nprobe = nprobe
 
     def search(self, q, k, exclude=None):
         return self.ix.search(q, k)

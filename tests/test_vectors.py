@@ -18,6 +18,7 @@ from faceindex.catalog import Catalog
 from faceindex.config import Settings
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
+from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
@@ -239,6 +240,41 @@ def test_searches_go_on_while_the_graph_is_built(tmp_path, monkeypatch):
     assert m.index.kind == "hnsw" and m.index.count == 118
     found = m.index.search(vecs[:2], 5)[1]
     assert not set(found.ravel().tolist()) & set(ids[:2])
+    catalog.close()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])
+def test_a_build_that_dies_resumes_from_its_checkpoint(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(mg, "BUILD_BATCH", 40)
+    monkeypatch.setattr(mg, "CHECKPOINT_EVERY", 40)
+    rng = np.random.default_rng(14)
+    vecs = unit(rng, 201, 128)
+    catalog, m = manager(tmp_path, index_kind=kind)
+    ids = fill(catalog, vecs[:200])
+    cls = type(m._new_index(kind, catalog))
+    real_add = cls.add
+    added: list[list[int]] = []
+
+    def add(self, i, v, fail=True):
+        if fail and len(added) == 2:
+            raise MemoryError("killed mid-build")
+        added.append(list(i))
+        real_add(self, i, v)
+
+    monkeypatch.setattr(cls, "add", add)
+    m.index  # noqa: B018 - exact serves; the build beside dies after two batches (two checkpoints)
+    m.wait()
+    assert isinstance(m.rebuild_error, MemoryError) and m.index.kind == "exact"
+    assert (tmp_path / mg.PARTIAL_META).is_file()
+    added.clear()
+    monkeypatch.setattr(cls, "add", lambda self, i, v: add(self, i, v, fail=False))
+    ids += fill(catalog, vecs[200:], start=200)
+    m.index  # noqa: B018 - a change: the build is tried again, from the checkpoint
+    m.wait()
+    assert m.index.kind == kind and m.index.count == 201
+    assert added[0][0] == ids[80]  # resumed after the two checkpointed batches
+    assert not list(tmp_path.glob("vectors.partial*"))
+    assert m.index.search(vecs[:3], 1)[1][:, 0].tolist() == ids[:3]
     catalog.close()
 
 

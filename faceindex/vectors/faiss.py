@@ -137,7 +137,7 @@ def load_index(path: Path, nprobe: int = 48, ef_search: int = 192,
         index = faiss.read_index(str(path))
     except RuntimeError as e:
         raise CatalogError(f"cannot read vector index {path}: {e}") from e
-    if isinstance(index, faiss.IndexIDMap2):
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         graph = load_graph(index, path, ef_search, nprobe, mmap)
         if graph is not None:
             return graph

@@ -49,13 +49,16 @@ class Tombstoned:
     tombstones pass `compact_fraction`. Quantised kinds (`fine` is not None) fetch `rerank` x k candidates and
     score them exactly on `fine`, an fp16 copy of the vectors (2 bytes a dimension), saved as `<file>.fp16.npy`;
     the mask is saved as `<file>.alive.npy`; a stale sidecar is caught by the manager's id-set reconciliation.
+    The id map is a plain IndexIDMap (files written before this held an IndexIDMap2, still read): IDMap2's reverse
+    hash map costs ~50 bytes a face in memory and is rebuilt on every open (0.6 GB and seconds at 10M faces),
+    and `id_map` here does its job.
     """
 
     kind = "?"
     compact_fraction = 0.2
     rerank = 4
 
-    def __init__(self, index: faiss.IndexIDMap2, alive: np.ndarray | None = None,
+    def __init__(self, index: faiss.IndexIDMap, alive: np.ndarray | None = None,
                  fine: np.ndarray | None = None, quantised: bool = False) -> None:
         self.index = index
         self.inner = faiss.downcast_index(index.index)
@@ -244,7 +247,7 @@ class HnswIndex(Tombstoned):
 
     kind = "hnsw"
 
-    def __init__(self, index: faiss.IndexIDMap2, alive: np.ndarray | None = None, ef_search: int = 192,
+    def __init__(self, index: faiss.IndexIDMap, alive: np.ndarray | None = None, ef_search: int = 192,
                  fine: np.ndarray | None = None) -> None:
         quantised = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWSQ)
         super().__init__(index, alive, fine, quantised)
@@ -259,7 +262,7 @@ class HnswIndex(Tombstoned):
         else:
             graph = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = ef_construction
-        out = cls(faiss.IndexIDMap2(graph), ef_search=ef_search)
+        out = cls(faiss.IndexIDMap(graph), ef_search=ef_search)
         if codes == "sq8":
             out._fine = np.zeros((0, dim), np.float16)
         return out
@@ -277,7 +280,7 @@ class IvfSqIndex(Tombstoned):
 
     kind = "ivfsq"
 
-    def __init__(self, index: faiss.IndexIDMap2, alive: np.ndarray | None = None, nprobe: int = 64,
+    def __init__(self, index: faiss.IndexIDMap, alive: np.ndarray | None = None, nprobe: int = 64,
                  fine: np.ndarray | None = None) -> None:
         super().__init__(index, alive, fine, quantised=True)
         self.nprobe = nprobe
@@ -297,13 +300,13 @@ class IvfSqIndex(Tombstoned):
         ivf.cp.min_points_per_centroid = 5
         ivf.by_residual = False  # codes of the vectors themselves: one distance table for all lists
         ivf.train(_as_vecs(train, dim))
-        return cls(faiss.IndexIDMap2(ivf), nprobe=nprobe, fine=np.zeros((0, dim), np.float16))
+        return cls(faiss.IndexIDMap(ivf), nprobe=nprobe, fine=np.zeros((0, dim), np.float16))
 
     def _params(self, k: int, sel) -> faiss.SearchParameters:
         return faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel)
 
 
-def load_graph(index: faiss.IndexIDMap2, path: Path, ef_search: int, nprobe: int, mmap: bool) -> Tombstoned | None:
+def load_graph(index: faiss.IndexIDMap, path: Path, ef_search: int, nprobe: int, mmap: bool) -> Tombstoned | None:
     """The tombstoned kind `index` (read from `path`) is, with its sidecars; None when it is none of them."""
     inner = faiss.downcast_index(index.index)
     alive = fine = None

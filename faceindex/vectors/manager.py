@@ -12,6 +12,7 @@ swapped in, and saved atomically. A crash mid-rebuild leaves the old index file 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -27,6 +28,9 @@ INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
 TRAINED = ("ivf", "ivfsq")  # kinds with lists trained on the gallery: retrained when it grows 8-fold
 BUILD_BATCH = 100_000  # faces read from the catalog and added at a time while building
+CHECKPOINT_EVERY = 1_000_000  # faces added between two saves of a build in progress (resumable builds)
+PARTIAL_FILE = "vectors.partial.faiss"
+PARTIAL_META = "vectors.partial.json"
 
 AnyIndex = FaissIndex | Tombstoned
 
@@ -183,28 +187,68 @@ class IndexManager:
             thread.join(timeout)
 
     def _build(self, kind: str, catalog: Catalog) -> AnyIndex:
-        """A new index of `kind` from `catalog`'s embeddings."""
+        """A new index of `kind` from `catalog`'s embeddings, streamed in batches; trained kinds and graphs are
+        checkpointed every CHECKPOINT_EVERY faces, and a build of the same kind and model resumes from there."""
         if kind == "exact":
             index: AnyIndex = FaissIndex.exact(self.spec.dim)
             for ids, vecs in catalog.embeddings(dim=self.spec.dim):
                 index.add(ids, vecs)
             return index
-        if kind == "hnsw":
-            index = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
-        else:
-            # trained on a sample; the vectors then stream in from the catalog (10M x 256 float32 is 10 GB)
-            ids = catalog.face_ids()
-            rng = np.random.default_rng(0)
-            pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
-            sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
-            if kind == "ivfsq":
-                index = IvfSqIndex.trained(self.spec.dim, sample, len(ids), self.settings.ivfsq_nprobe)
-            else:
-                index = FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
-            self._trained_n = len(ids)
+        index, done = self._resume(kind)
+        if index is None:
+            index, done = self._new_index(kind, catalog), -1
+        since = 0
         for ids, vecs in catalog.embeddings(dim=self.spec.dim, batch=BUILD_BATCH):
-            index.add(ids, vecs)
+            if ids[-1] <= done:  # added before the checkpoint this build resumed from
+                continue
+            keep = ids > done
+            index.add(ids[keep], vecs[keep])
+            since += int(keep.sum())
+            if since >= CHECKPOINT_EVERY:
+                self._checkpoint(index, int(ids[-1]))
+                since = 0
+        for path in [self.data / PARTIAL_META, *self.data.glob(PARTIAL_FILE + "*")]:
+            with contextlib.suppress(OSError):
+                path.unlink()
         return index
+
+    def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
+        if kind == "hnsw":
+            return HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
+        # trained on a sample; the vectors then stream in from the catalog (10M x 256 float32 is 10 GB)
+        ids = catalog.face_ids()
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
+        sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
+        self._trained_n = len(ids)
+        if kind == "ivfsq":
+            return IvfSqIndex.trained(self.spec.dim, sample, len(ids), self.settings.ivfsq_nprobe)
+        return FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
+
+    # --- resumable builds: a build of millions of faces takes long; a killed one resumes from its checkpoint ---
+    def _checkpoint(self, index: AnyIndex, done: int) -> None:
+        """Save the index being built (faces up to id `done`) beside the live one, file first, then its meta."""
+        index.save(self.data / PARTIAL_FILE)
+        meta = {"model": self.spec.key, "kind": index.kind, "done": done, "trained_n": self._trained_n}
+        tmp = (self.data / PARTIAL_META).with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.data / PARTIAL_META)
+
+    def _resume(self, kind: str) -> tuple[AnyIndex | None, int]:
+        """(the checkpointed build of `kind` for this model, last face id in it), or (None, -1)."""
+        try:
+            meta = json.loads((self.data / PARTIAL_META).read_text())
+            if meta.get("model") != self.spec.key or meta.get("kind") != kind:
+                return None, -1
+            index = load_index(self.data / PARTIAL_FILE, self.settings.nprobe, self.settings.ef_search)
+        except (OSError, ValueError, FaceIndexError):
+            return None, -1
+        if index.kind != kind:
+            return None, -1
+        if isinstance(index, IvfSqIndex):
+            index.nprobe = self.settings.ivfsq_nprobe
+        self._trained_n = int(meta.get("trained_n", 0))
+        return index, int(meta["done"])
 
     def all_embeddings(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every face in the catalog (or of `ids`), in id order."""
