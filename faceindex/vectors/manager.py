@@ -105,7 +105,8 @@ class IndexManager:
         try:
             meta = json.loads(self._meta_path().read_text())
             if meta.get("model") == self.spec.key and (self.data / INDEX_FILE).is_file():
-                index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search)
+                # the fp16 re-rank copy (the largest file of a quantised index) is mapped, not read
+                index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search, mmap=True)
                 if isinstance(index, IvfSqIndex):
                     index.nprobe = self.settings.ivfsq_nprobe
         except (OSError, ValueError, FaceIndexError):
