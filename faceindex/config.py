@@ -42,13 +42,13 @@ class Settings(BaseSettings):
     exact_threshold: int = Field(
         default=100_000, ge=1, description="use exact search below this many faces, a graph (HNSW) above"
     )
-    index_kind: Literal["auto", "exact", "hnsw", "ivf", "ivfsq"] = Field(
+    index_kind: Literal["auto", "exact", "hnsw", "hnswsq", "ivf", "ivfsq"] = Field(
         default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw up to "
-                                    "graph_threshold, ivfsq (IVF-SQ8 + fp16 re-rank) above")
+                                    "graph_threshold, hnswsq (graph on SQ8 codes + fp16 re-rank) above")
     graph_threshold: int = Field(
-        default=4_000_000, ge=1, description="above this many faces auto uses IVF-SQ8 + re-rank instead of a graph "
-                                             "(memory: see docs/architecture.md)")
-    ivfsq_nprobe: int = Field(default=64, ge=1, description="IVF-SQ8 lists visited per query")
+        default=4_000_000, ge=1, description="above this many faces auto keeps the graph on SQ8 codes (hnswsq) "
+                                             "instead of float32 (memory: see docs/architecture.md)")
+    ivfsq_nprobe: int = Field(default=128, ge=1, description="IVF-SQ8 lists visited per query (index_kind ivfsq)")
     ef_search: int = Field(default=192, ge=8, le=4096,
                            description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")

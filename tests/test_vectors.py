@@ -156,7 +156,7 @@ def test_kind_follows_the_gallery_size_both_ways(tmp_path):
     catalog.close()
 
 
-def test_kind_goes_up_to_ivfsq_and_back_down(tmp_path):
+def test_kind_goes_up_to_the_quantised_graph_and_back_down(tmp_path):
     rng = np.random.default_rng(13)
     catalog, m = manager(tmp_path, exact_threshold=100, graph_threshold=200)
     vecs = unit(rng, 250, 128)
@@ -165,9 +165,9 @@ def test_kind_goes_up_to_ivfsq_and_back_down(tmp_path):
     m.wait()
     assert m.index.kind == "hnsw"
     ids += fill(catalog, vecs[150:], start=150)
-    m.index  # noqa: B018 - the graph serves while IVF-SQ8 is built beside
+    m.index  # noqa: B018 - the float graph serves while the SQ8 one is built beside
     m.wait()
-    assert m.index.kind == "ivfsq" and m.index.count == 250
+    assert m.index.kind == "hnswsq" and m.index.count == 250
     assert m.index.search(vecs[200:201], 1)[1][0, 0] == ids[200]
     catalog.delete_faces(ids[:170])  # 80 left: below half the graph threshold
     m.forget(ids[:170])
@@ -179,7 +179,7 @@ def test_kind_goes_up_to_ivfsq_and_back_down(tmp_path):
     catalog.close()
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
 def test_an_index_that_fills_with_tombstones_is_compacted(tmp_path, kind):
     rng = np.random.default_rng(4)
     catalog, m = manager(tmp_path, index_kind=kind)
@@ -243,7 +243,7 @@ def test_searches_go_on_while_the_graph_is_built(tmp_path, monkeypatch):
     catalog.close()
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
 def test_a_build_that_dies_resumes_from_its_checkpoint(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(mg, "BUILD_BATCH", 40)
     monkeypatch.setattr(mg, "CHECKPOINT_EVERY", 40)
@@ -287,7 +287,9 @@ from faceindex.vectors import manager as mg
 from pathlib import Path
 data = Path(sys.argv[1])
 cat = Catalog(data / "catalog.db")
-s = Settings(data=data, exact_threshold=100, graph_threshold=int(sys.argv[2]))
+kind = sys.argv[3]
+s = Settings(data=data, exact_threshold=100, graph_threshold=int(sys.argv[2]),
+             index_kind="ivfsq" if kind == "ivfsq" else "auto")
 m = mg.IndexManager(cat, data, RESNET_SPEC, s)
 real = m._build
 def build(kind, c):
@@ -301,7 +303,7 @@ m.wait()
 """
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
 def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path, kind):
     rng = np.random.default_rng(7)
     vecs = unit(rng, 120, 128)
@@ -311,7 +313,7 @@ def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path, kind):
     m.save()
     catalog.close()
     before = (tmp_path / INDEX_FILE).read_bytes()
-    graph_threshold = "10000" if kind == "hnsw" else "100"
+    graph_threshold = "10000" if kind == "hnsw" else "100"  # 120 faces: hnsw below the graph threshold
     proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path), graph_threshold, kind],
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})

@@ -142,7 +142,13 @@ class Tombstoned:
         return pos[self.alive[pos]]
 
     def _train(self, v: np.ndarray) -> None:
-        """Train the codes on the first vectors added (kinds that need it)."""
+        """Train the codes on the first vectors added (kinds that need it and were not trained before)."""
+
+    def train(self, sample) -> None:
+        """Train the codes on a sample of the vectors the index will hold, before the first add."""
+        if not self.inner.is_trained:
+            self._train(_as_vecs(sample, self.dim))
+            self.index.is_trained = True
 
     def add(self, ids, vecs) -> None:
         ids = _as_ids(ids)
@@ -243,7 +249,8 @@ class Tombstoned:
 
 
 class HnswIndex(Tombstoned):
-    """An HNSW graph (FAISS IndexHNSWFlat, or IndexHNSWSQ with SQ8 codes + fp16 re-rank) for large galleries."""
+    """An HNSW graph for large galleries: FAISS IndexHNSWFlat (kind "hnsw"), or IndexHNSWSQ with SQ8 codes and
+    an fp16 re-rank (kind "hnswsq": half the memory of the flat graph at 256-d, for the largest galleries)."""
 
     kind = "hnsw"
 
@@ -251,6 +258,7 @@ class HnswIndex(Tombstoned):
                  fine: np.ndarray | None = None) -> None:
         quantised = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWSQ)
         super().__init__(index, alive, fine, quantised)
+        self.kind = "hnswsq" if quantised else "hnsw"
         self.graph = self.inner
         self.ef_search = ef_search
 

@@ -137,8 +137,8 @@ class IndexManager:
         if choice == "auto":
             large = n >= t or (index.kind != "exact" and n >= t // 2)  # hysteresis: no flapping at the threshold
             g = self.settings.graph_threshold
-            huge = n >= g or (index.kind == "ivfsq" and n >= g // 2)
-            want = ("ivfsq" if huge else "hnsw") if large else "exact"
+            huge = n >= g or (index.kind == "hnswsq" and n >= g // 2)
+            want = ("hnswsq" if huge else "hnsw") if large else "exact"
         else:
             want = choice
         if want != index.kind:
@@ -216,11 +216,15 @@ class IndexManager:
     def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
         if kind == "hnsw":
             return HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
-        # trained on a sample; the vectors then stream in from the catalog (10M x 256 float32 is 10 GB)
+        # codes and lists are trained on a sample; the vectors then stream in (10M x 256 float32 is 10 GB)
         ids = catalog.face_ids()
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
         sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
+        if kind == "hnswsq":
+            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search, codes="sq8")
+            graph.train(sample)
+            return graph
         self._trained_n = len(ids)
         if kind == "ivfsq":
             return IvfSqIndex.trained(self.spec.dim, sample, len(ids), self.settings.ivfsq_nprobe)
