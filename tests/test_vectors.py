@@ -106,6 +106,12 @@ def test_reused_id_replaces_the_old_entry_and_survives_a_reload(tmp_path, kind):
         assert sorted(again.search(vecs[8:9], 2)[1][0].tolist()) == [7, 8]
         again.add([99], vecs[20:21])  # adds after a (memory-mapped) load
         assert again.search(vecs[20:21], 1)[1][0, 0] in (20, 99) and again.count == 51
+        if mmap and again.quantised:  # the mapped fp16 copy stays mapped: adds go beside it
+            assert isinstance(again._fine, np.memmap)
+        again.save(tmp_path / f"w{mmap}.faiss")
+        third = load_index(tmp_path / f"w{mmap}.faiss", mmap=True)
+        sims, found = third.search(vecs[20:21], 2)
+        assert sorted(found[0].tolist()) == [20, 99] and abs(sims[0, 0] - 1) < 2e-3
 
 
 def test_quantised_kinds_return_exact_scores():

@@ -66,7 +66,10 @@ class Tombstoned:
         n = int(index.ntotal)
         self._id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
         self._alive = np.ones(n, bool) if alive is None or len(alive) != n else alive.astype(bool)
+        # the fp16 copy: `_fine` as loaded (often a read-only memory map) + `_fine_new`, rows added since, so that
+        # adds never pull the mapped file into memory
         self._fine = None
+        self._fine_new = np.zeros((0, self.dim), np.float16)
         if quantised:
             self._fine = fine if fine is not None and fine.shape == (n, self.dim) else self._decode_all()
         # chunks added since the arrays were last joined: a build adds 10M faces in 200 chunks, and joining
@@ -83,7 +86,7 @@ class Tombstoned:
             self._id_map = np.concatenate([self._id_map, *ids])
             self._alive = np.concatenate([self._alive, np.ones(sum(len(i) for i in ids), bool)])
             if self._fine is not None:
-                self._fine = np.concatenate([self._fine, *(p[1] for p in self._pending)])
+                self._fine_new = np.concatenate([self._fine_new, *(p[1] for p in self._pending)])
             self._pending = []
 
     @property
@@ -97,10 +100,22 @@ class Tombstoned:
         return self._alive
 
     @property
-    def fine(self) -> np.ndarray | None:
-        """fp16 copy of the vectors by position (quantised kinds), else None."""
+    def quantised(self) -> bool:
+        """Whether searches re-rank on the fp16 copy (the index holds codes, not the vectors)."""
+        return self._fine is not None
+
+    def fine_rows(self, pos: np.ndarray) -> np.ndarray:
+        """fp16 vectors at positions `pos` (any shape; quantised kinds)."""
         self._join()
-        return self._fine
+        assert self._fine is not None
+        base = len(self._fine)
+        if not len(self._fine_new):
+            return self._fine[pos]
+        out = np.empty(pos.shape + (self.dim,), np.float16)
+        old = pos < base
+        out[old] = self._fine[pos[old]]
+        out[~old] = self._fine_new[pos[~old] - base]
+        return out
 
     def _decode_all(self) -> np.ndarray:
         """fp16 vectors from the codes (only when the sidecar is missing or stale: SQ8 precision, not exact)."""
@@ -195,17 +210,16 @@ class Tombstoned:
         k = max(1, min(int(k), max(1, self.count)))
         excl = _as_ids(exclude) if exclude is not None and len(exclude) else None
         sel = self._selector(excl)
-        wide = k if self.fine is None else min(max(1, self.count), k * self.rerank)
+        wide = k if not self.quantised else min(max(1, self.count), k * self.rerank)
         sims, pos = self.inner.search(v, wide, params=self._params(wide, sel))
-        if self.fine is not None:
+        if self.quantised:
             sims, pos = self._rerank(v, pos, k)
         ids = np.where(pos >= 0, self.id_map[np.maximum(pos, 0)], -1)
         return sims, ids
 
     def _rerank(self, v: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The short list scored exactly (fp16 vectors, float32 arithmetic), best k kept."""
-        assert self.fine is not None
-        cand = self.fine[np.maximum(pos, 0)].astype(np.float32)  # (nq, wide, d)
+        cand = self.fine_rows(np.maximum(pos, 0)).astype(np.float32)  # (nq, wide, d)
         s = np.einsum("qwd,qd->qw", cand, v)
         s[pos < 0] = -np.inf
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]
@@ -215,8 +229,8 @@ class Tombstoned:
         return np.where(np.isfinite(sims), sims, -np.inf).astype(np.float32), pos
 
     def _exact_scores(self, v: np.ndarray, start: int, stop: int) -> np.ndarray:
-        if self.fine is not None:
-            return v @ self.fine[start:stop].astype(np.float32).T
+        if self.quantised:
+            return v @ self.fine_rows(np.arange(start, stop)).astype(np.float32).T
         return v @ self.inner.storage.reconstruct_n(start, stop - start).T
 
     def range_search(self, vecs, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -237,12 +251,26 @@ class Tombstoned:
     def ids(self) -> np.ndarray:
         return np.sort(self.id_map[self.alive])
 
+    def _save_fine(self, path: Path) -> None:
+        """The fp16 copy, written in blocks (joining the mapped part and the new rows in memory would read the
+        whole file into memory), to a temp file renamed over the old one (a map of the old one stays valid)."""
+        self._join()
+        assert self._fine is not None
+        n = len(self._fine) + len(self._fine_new)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, self.dim))
+        for s in range(0, n, 262144):
+            out[s:s + 262144] = self.fine_rows(np.arange(s, min(n, s + 262144)))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+
     def save(self, path: Path) -> None:
         """Index file and sidecars, each written atomically (sidecars first; the manager reconciles a mismatch
         after a crash between them)."""
         _save_npy(alive_path(path), self.alive)
-        if self.fine is not None:
-            _save_npy(fine_path(path), self.fine)
+        if self.quantised:
+            self._save_fine(fine_path(path))
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         faiss.write_index(self.index, str(tmp))
         os.replace(tmp, path)
