@@ -79,6 +79,7 @@ class Tombstoned:
         self._order: np.ndarray | None = None  # argsort of id_map, for id -> position lookups
         self._sel: tuple[int, np.ndarray | None, faiss.IDSelector] | None = None
         self._version = 0  # bumped on every change to id_map or alive
+        self._count: int | None = None
 
     def _join(self) -> None:
         if self._pending:
@@ -129,7 +130,9 @@ class Tombstoned:
     # --- bookkeeping ---------------------------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        return int(self.alive.sum())
+        if self._count is None:  # cached: summing a 10M-face mask costs a millisecond, a whole search's budget
+            self._count = int(self.alive.sum())
+        return self._count
 
     @property
     def tombstones(self) -> int:
@@ -139,6 +142,7 @@ class Tombstoned:
         return self.tombstones > self.compact_fraction * max(1, len(self.alive))
 
     def _changed(self) -> None:
+        self._count = None
         self._version += 1
         self._order = None
         self._sel = None
