@@ -103,6 +103,7 @@ class _Plain:
     kind = "ivf-flat"
 
     def __init__(self, ix, nprobe: int) -> None:
+        self.owner = ix  # the id map owns the IVF index: freeing it would free the IVF index too
         self.ix = faiss.extract_index_ivf(ix)
         self.ix.nprobe = nprobe
 
