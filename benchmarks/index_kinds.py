@@ -10,7 +10,7 @@ codes), single-query p50/p99 on one thread interleaved query by query with the b
 load of this shared machine), recall@10 vs exact search, same-person recall, and batch throughput (1,000
 queries in one call, all threads).
 
-    python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnsw48,hnswsq,ivfsq
+    python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
-from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex  # noqa: E402
+from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
 
 
 def load_real(pack: str) -> tuple[np.ndarray, np.ndarray]:
-    z = np.load(f"/work/cache/lfw-{pack}-embeddings.npz")
+    path = Path(f"/work/cache/lfw-{pack}-embeddings.npz")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `python benchmarks/lfw.py --model {pack}` first (it writes it)")
+    z = np.load(path)
     emb = np.ascontiguousarray(z["embeddings"], np.float32)
     keep = z["detected"].astype(bool) if "detected" in z.files else np.ones(len(emb), bool)
     names = np.array([Path(str(p)).parent.name for p in z["paths"]])
@@ -165,7 +168,6 @@ def main() -> None:
         size = disk_bytes(folder)
         opens = []
         if not isinstance(ix, _Plain):
-            from faceindex.vectors.faiss import load_index
             for mmap in (False, True):
                 t = time.perf_counter()
                 again = load_index(folder / "index", mmap=mmap)
