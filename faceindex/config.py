@@ -48,8 +48,13 @@ class Settings(BaseSettings):
     exact_threshold: int = Field(
         default=100_000, ge=1, description="use exact search below this many faces, a graph (HNSW) above"
     )
-    index_kind: Literal["auto", "exact", "hnsw", "ivf"] = Field(
-        default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw above")
+    index_kind: Literal["auto", "exact", "hnsw", "hnswsq", "ivf", "ivfsq"] = Field(
+        default="auto", description="vector index kind: auto = exact below exact_threshold faces, hnsw up to "
+                                    "graph_threshold, hnswsq (graph on SQ8 codes + fp16 re-rank) above")
+    graph_threshold: int = Field(
+        default=4_000_000, ge=1, description="above this many faces auto keeps the graph on SQ8 codes (hnswsq) "
+                                             "instead of float32 (memory: see docs/architecture.md)")
+    ivfsq_nprobe: int = Field(default=128, ge=1, description="IVF-SQ8 lists visited per query (index_kind ivfsq)")
     vectors: str | None = Field(
         default=None, description="vector store: unset = the FAISS file in the data folder; milvus://host:port"
                                   "[/prefix] = a Milvus server or cluster (docs/scale.md)")

@@ -33,7 +33,7 @@ from .pipeline import FacePipeline
 from .search import ImageInput
 from .types import AddReport, Face, Person, ProbeResult, Verification
 from .vectors import milvus as milvus_url
-from .vectors.faiss import FaissIndex, HnswIndex
+from .vectors.faiss import FaissIndex, Tombstoned
 from .vectors.manager import open_manager
 
 Progress = Callable[[str, dict], None]
@@ -239,7 +239,7 @@ class FaceIndex:
             self.vectors.switch_model(pack.spec)
 
     @property
-    def index(self) -> FaissIndex | HnswIndex:
+    def index(self) -> FaissIndex | Tombstoned:
         """The vector index, loaded once and repaired from the catalog when they disagree."""
         self._follow_model()
         return self.vectors.index

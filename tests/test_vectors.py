@@ -18,7 +18,8 @@ from faceindex.catalog import Catalog, open_catalog
 from faceindex.config import Settings
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
-from faceindex.vectors.faiss import FaissIndex, HnswIndex, load_index
+from faceindex.vectors import manager as mg
+from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
@@ -34,13 +35,17 @@ def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
         index = FaissIndex.exact(vecs.shape[1])
     elif kind == "ivf":
         index = FaissIndex.ivf(vecs.shape[1], vecs, nprobe=64)
+    elif kind == "ivfsq":
+        index = IvfSqIndex.trained(vecs.shape[1], vecs, len(vecs), nprobe=64)
+    elif kind == "hnswsq":
+        index = HnswIndex.empty(vecs.shape[1], ef_search=64, codes="sq8")
     else:
         index = HnswIndex.empty(vecs.shape[1], ef_search=64)
     index.add(ids, vecs)
     return index
 
 
-KINDS = ["exact", "ivf", "hnsw"]
+KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -84,18 +89,41 @@ def test_recall_floor_against_exact_search(kind):
     assert recall >= (1.0 if kind == "exact" else 0.9), recall
 
 
-def test_hnsw_reused_id_replaces_the_old_entry(tmp_path):
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
+def test_reused_id_replaces_the_old_entry_and_survives_a_reload(tmp_path, kind):
     rng = np.random.default_rng(2)
     vecs = unit(rng, 50)
-    index = make("hnsw", vecs, np.arange(50))
+    index = make(kind, vecs, np.arange(50))
     index.remove([7])
     index.add([7], vecs[8:9])  # the catalog re-used id 7 for another face
     sims, found = index.search(vecs[8:9], 2)
     assert sorted(found[0].tolist()) == [7, 8] and index.count == 50
     index.save(tmp_path / "v.faiss")
-    again = load_index(tmp_path / "v.faiss")
-    assert isinstance(again, HnswIndex) and again.count == 50 and again.tombstones == 1
-    assert np.array_equal(again.ids(), index.ids())
+    for mmap in (False, True):
+        again = load_index(tmp_path / "v.faiss", mmap=mmap)
+        assert again.kind == index.kind and again.count == 50 and again.tombstones == 1
+        assert np.array_equal(again.ids(), index.ids())
+        assert sorted(again.search(vecs[8:9], 2)[1][0].tolist()) == [7, 8]
+        again.add([99], vecs[20:21])  # adds after a (memory-mapped) load
+        assert again.search(vecs[20:21], 1)[1][0, 0] in (20, 99) and again.count == 51
+        if mmap and again.quantised:  # the mapped fp16 copy stays mapped: adds go beside it
+            assert isinstance(again._fine, np.memmap)
+        again.save(tmp_path / f"w{mmap}.faiss")
+        third = load_index(tmp_path / f"w{mmap}.faiss", mmap=True)
+        sims, found = third.search(vecs[20:21], 2)
+        assert sorted(found[0].tolist()) == [20, 99] and abs(sims[0, 0] - 1) < 2e-3
+
+
+def test_quantised_kinds_return_exact_scores():
+    """The re-rank scores the short list on the fp16 vectors: scores within fp16 error of the float ones."""
+    rng = np.random.default_rng(9)
+    vecs = unit(rng, 2000, 128)
+    for kind in ("hnswsq", "ivfsq"):
+        index = make(kind, vecs, np.arange(2000))
+        sims, found = index.search(vecs[:50], 5)
+        want = np.einsum("qkd,qd->qk", vecs[found], vecs[:50])
+        assert np.abs(sims - want).max() < 2e-3
+        assert (found[:, 0] == np.arange(50)).all()
 
 
 # --- the manager over a real catalog -----------------------------------------------------------------------
@@ -134,13 +162,37 @@ def test_kind_follows_the_gallery_size_both_ways(tmp_path):
     catalog.close()
 
 
-def test_an_index_that_fills_with_tombstones_is_compacted(tmp_path):
-    rng = np.random.default_rng(4)
-    catalog, m = manager(tmp_path, index_kind="hnsw")
-    ids = fill(catalog, unit(rng, 100, 128))
-    m.index  # noqa: B018 - loads, and starts building the graph beside
+def test_kind_goes_up_to_the_quantised_graph_and_back_down(tmp_path):
+    rng = np.random.default_rng(13)
+    catalog, m = manager(tmp_path, exact_threshold=100, graph_threshold=200)
+    vecs = unit(rng, 250, 128)
+    ids = fill(catalog, vecs[:150])
+    m.index  # noqa: B018 - exact; the graph is built beside
     m.wait()
     assert m.index.kind == "hnsw"
+    ids += fill(catalog, vecs[150:], start=150)
+    m.index  # noqa: B018 - the float graph serves while the SQ8 one is built beside
+    m.wait()
+    assert m.index.kind == "hnswsq" and m.index.count == 250
+    assert m.index.search(vecs[200:201], 1)[1][0, 0] == ids[200]
+    catalog.delete_faces(ids[:170])  # 80 left: below half the graph threshold
+    m.forget(ids[:170])
+    m.wait()
+    assert m.index.kind == "hnsw" and m.index.count == 80
+    assert not set(m.index.search(vecs[:20], 10)[1].ravel().tolist()) & set(ids[:170])
+    catalog.delete_faces(ids[170:220])  # 30 left: below half the exact threshold
+    assert m.index.kind == "exact" and m.index.count == 30
+    catalog.close()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
+def test_an_index_that_fills_with_tombstones_is_compacted(tmp_path, kind):
+    rng = np.random.default_rng(4)
+    catalog, m = manager(tmp_path, index_kind=kind)
+    ids = fill(catalog, unit(rng, 100, 128))
+    m.index  # noqa: B018 - loads, and starts building the index beside
+    m.wait()
+    assert m.index.kind == kind
     catalog.delete_faces(ids[:30])
     m.forget(ids[:30])
     m.wait()
@@ -197,6 +249,41 @@ def test_searches_go_on_while_the_graph_is_built(tmp_path, monkeypatch):
     catalog.close()
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
+def test_a_build_that_dies_resumes_from_its_checkpoint(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(mg, "BUILD_BATCH", 40)
+    monkeypatch.setattr(mg, "CHECKPOINT_EVERY", 40)
+    rng = np.random.default_rng(14)
+    vecs = unit(rng, 201, 128)
+    catalog, m = manager(tmp_path, index_kind=kind)
+    ids = fill(catalog, vecs[:200])
+    cls = type(m._new_index(kind, catalog))
+    real_add = cls.add
+    added: list[list[int]] = []
+
+    def add(self, i, v, fail=True):
+        if fail and len(added) == 2:
+            raise MemoryError("killed mid-build")
+        added.append(list(i))
+        real_add(self, i, v)
+
+    monkeypatch.setattr(cls, "add", add)
+    m.index  # noqa: B018 - exact serves; the build beside dies after two batches (two checkpoints)
+    m.wait()
+    assert isinstance(m.rebuild_error, MemoryError) and m.index.kind == "exact"
+    assert (tmp_path / mg.PARTIAL_META).is_file()
+    added.clear()
+    monkeypatch.setattr(cls, "add", lambda self, i, v: add(self, i, v, fail=False))
+    ids += fill(catalog, vecs[200:], start=200)
+    m.index  # noqa: B018 - a change: the build is tried again, from the checkpoint
+    m.wait()
+    assert m.index.kind == kind and m.index.count == 201
+    assert added[0][0] == ids[80]  # resumed after the two checkpointed batches
+    assert not list(tmp_path.glob("vectors.partial*"))
+    assert m.index.search(vecs[:3], 1)[1][:, 0].tolist() == ids[:3]
+    catalog.close()
+
+
 CRASH = """
 import sys, numpy as np
 from faceindex.catalog import Catalog, open_catalog
@@ -206,10 +293,13 @@ from faceindex.vectors import manager as mg
 from pathlib import Path
 data = Path(sys.argv[1])
 cat = open_catalog(data / "catalog.db")
-m = mg.IndexManager(cat, data, RESNET_SPEC, Settings(data=data, exact_threshold=100))
+kind = sys.argv[3]
+s = Settings(data=data, exact_threshold=100, graph_threshold=int(sys.argv[2]),
+             index_kind="ivfsq" if kind == "ivfsq" else "auto")
+m = mg.IndexManager(cat, data, RESNET_SPEC, s)
 real = m._build
 def build(kind, c):
-    if kind == "hnsw":
+    if kind == sys.argv[3]:
         print("building", flush=True)
         import time; time.sleep(60)
     return real(kind, c)
@@ -219,7 +309,8 @@ m.wait()
 """
 
 
-def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path):
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
+def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path, kind):
     rng = np.random.default_rng(7)
     vecs = unit(rng, 120, 128)
     catalog, m = manager(tmp_path, exact_threshold=10_000)
@@ -228,7 +319,9 @@ def test_killed_during_rebuild_reopens_with_the_old_index(tmp_path):
     m.save()
     catalog.close()
     before = (tmp_path / INDEX_FILE).read_bytes()
-    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+    graph_threshold = "10000" if kind == "hnsw" else "100"  # 120 faces: hnsw below the graph threshold
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path), graph_threshold, kind],
+                            stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.stdout.readline().strip() == "building"
     proc.kill()

@@ -12,6 +12,7 @@ swapped in, and saved atomically. A crash mid-rebuild leaves the old index file 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -21,12 +22,17 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..errors import FaceIndexError
-from .faiss import FaissIndex, HnswIndex, load_index
+from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
+TRAINED = ("ivf", "ivfsq")  # kinds with lists trained on the gallery: retrained when it grows 8-fold
+BUILD_BATCH = 100_000  # faces read from the catalog and added at a time while building
+CHECKPOINT_EVERY = 1_000_000  # faces added between two saves of a build in progress (resumable builds)
+PARTIAL_FILE = "vectors.partial.faiss"
+PARTIAL_META = "vectors.partial.json"
 
-AnyIndex = FaissIndex | HnswIndex
+AnyIndex = FaissIndex | Tombstoned
 
 
 class IndexManager:
@@ -105,10 +111,13 @@ class IndexManager:
         try:
             meta = json.loads(self._meta_path().read_text())
             if meta.get("model") == self.spec.key and (self.data / INDEX_FILE).is_file():
-                index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search)
+                # the fp16 re-rank copy (the largest file of a quantised index) is mapped, not read
+                index = load_index(self.data / INDEX_FILE, self.settings.nprobe, self.settings.ef_search, mmap=True)
+                if isinstance(index, IvfSqIndex):
+                    index.nprobe = self.settings.ivfsq_nprobe
         except (OSError, ValueError, FaceIndexError):
             index = None
-        self._trained_n = meta.get("trained_n", 0) if index is not None and index.kind == "ivf" else 0
+        self._trained_n = meta.get("trained_n", 0) if index is not None and index.kind in TRAINED else 0
         if index is not None and meta.get("generation") == gen and meta.get("count") == index.count:
             self._gen = gen
         else:
@@ -133,15 +142,17 @@ class IndexManager:
         choice = self.settings.index_kind
         if choice == "auto":
             large = n >= t or (index.kind != "exact" and n >= t // 2)  # hysteresis: no flapping at the threshold
-            want = "hnsw" if large else "exact"
+            g = self.settings.graph_threshold
+            huge = n >= g or (index.kind == "hnswsq" and n >= g // 2)
+            want = ("hnswsq" if huge else "hnsw") if large else "exact"
         else:
             want = choice
         if want != index.kind:
             return want
-        if index.kind == "ivf" and n > 8 * max(1, self._trained_n or n):
-            return "ivf"  # the lists were trained on a gallery 8x smaller
-        if isinstance(index, HnswIndex) and index.needs_compaction():
-            return "hnsw"
+        if index.kind in TRAINED and n > 8 * max(1, self._trained_n or n):
+            return index.kind  # the lists were trained on a gallery 8x smaller
+        if isinstance(index, Tombstoned) and index.needs_compaction():
+            return index.kind
         return None
 
     def _maybe_rebuild(self) -> None:
@@ -183,22 +194,72 @@ class IndexManager:
             thread.join(timeout)
 
     def _build(self, kind: str, catalog: Catalog) -> AnyIndex:
-        """A new index of `kind` from `catalog`'s embeddings."""
+        """A new index of `kind` from `catalog`'s embeddings, streamed in batches; trained kinds and graphs are
+        checkpointed every CHECKPOINT_EVERY faces, and a build of the same kind and model resumes from there."""
         if kind == "exact":
             index: AnyIndex = FaissIndex.exact(self.spec.dim)
             for ids, vecs in catalog.embeddings(dim=self.spec.dim):
                 index.add(ids, vecs)
             return index
-        all_ids, all_vecs = _all_embeddings(catalog, self.spec.dim)
-        if kind == "hnsw":
-            index = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
-        else:
-            rng = np.random.default_rng(0)
-            sample = all_vecs[rng.choice(len(all_vecs), size=min(len(all_vecs), 200_000), replace=False)]
-            index = FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
-            self._trained_n = len(all_ids)
-        index.add(all_ids, all_vecs)
+        index, done = self._resume(kind)
+        if index is None:
+            index, done = self._new_index(kind, catalog), -1
+        since = 0
+        for ids, vecs in catalog.embeddings(dim=self.spec.dim, batch=BUILD_BATCH):
+            if ids[-1] <= done:  # added before the checkpoint this build resumed from
+                continue
+            keep = ids > done
+            index.add(ids[keep], vecs[keep])
+            since += int(keep.sum())
+            if since >= CHECKPOINT_EVERY:
+                self._checkpoint(index, int(ids[-1]))
+                since = 0
+        for path in [self.data / PARTIAL_META, *self.data.glob(PARTIAL_FILE + "*")]:
+            with contextlib.suppress(OSError):
+                path.unlink()
         return index
+
+    def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
+        if kind == "hnsw":
+            return HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
+        # codes and lists are trained on a sample; the vectors then stream in (10M x 256 float32 is 10 GB)
+        ids = catalog.face_ids()
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
+        sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
+        if kind == "hnswsq":
+            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search, codes="sq8")
+            graph.train(sample)
+            return graph
+        self._trained_n = len(ids)
+        if kind == "ivfsq":
+            return IvfSqIndex.trained(self.spec.dim, sample, len(ids), self.settings.ivfsq_nprobe)
+        return FaissIndex.ivf(self.spec.dim, sample, self.settings.nprobe)
+
+    # --- resumable builds: a build of millions of faces takes long; a killed one resumes from its checkpoint ---
+    def _checkpoint(self, index: AnyIndex, done: int) -> None:
+        """Save the index being built (faces up to id `done`) beside the live one, file first, then its meta."""
+        index.save(self.data / PARTIAL_FILE)
+        meta = {"model": self.spec.key, "kind": index.kind, "done": done, "trained_n": self._trained_n}
+        tmp = (self.data / PARTIAL_META).with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.data / PARTIAL_META)
+
+    def _resume(self, kind: str) -> tuple[AnyIndex | None, int]:
+        """(the checkpointed build of `kind` for this model, last face id in it), or (None, -1)."""
+        try:
+            meta = json.loads((self.data / PARTIAL_META).read_text())
+            if meta.get("model") != self.spec.key or meta.get("kind") != kind:
+                return None, -1
+            index = load_index(self.data / PARTIAL_FILE, self.settings.nprobe, self.settings.ef_search)
+        except (OSError, ValueError, FaceIndexError):
+            return None, -1
+        if index.kind != kind:
+            return None, -1
+        if isinstance(index, IvfSqIndex):
+            index.nprobe = self.settings.ivfsq_nprobe
+        self._trained_n = int(meta.get("trained_n", 0))
+        return index, int(meta["done"])
 
     def all_embeddings(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every face in the catalog (or of `ids`), in id order."""
@@ -207,7 +268,7 @@ class IndexManager:
     def _save(self, index: AnyIndex, generation: int) -> None:
         index.save(self.data / INDEX_FILE)
         meta = {"model": self.spec.key, "generation": generation, "count": index.count, "kind": index.kind,
-                "trained_n": self._trained_n if index.kind == "ivf" else 0}
+                "trained_n": self._trained_n if index.kind in TRAINED else 0}
         tmp = self._meta_path().with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, self._meta_path())

@@ -1,0 +1,234 @@
+"""Vector index kinds side by side at the faiss level: HNSW graphs (float32, or SQ8 codes + an exact re-rank),
+IVF with SQ8 codes + re-rank, against the IVF-Flat nprobe 128 baseline of issue 11, over the same gallery in
+the same run.
+
+Gallery = real LFW embeddings of one pack (/work/cache/lfw-<pack>-embeddings.npz, written by benchmarks/lfw.py)
+plus synthetic distractors from benchmarks/search.py's two-level Gaussian fitted to them. Queries: held-out real
+faces of people with 2+ images. For every kind: build time (all threads), bytes held in memory (the serialized
+index plus the fp16 re-rank matrix where used), open time of the saved file (plain read and memory-mapped
+codes), single-query p50/p99 on one thread interleaved query by query with the baseline (so both see the same
+load of this shared machine), recall@10 vs exact search, same-person recall, and batch throughput (1,000
+queries in one call, all threads).
+
+    python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
+
+from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
+
+
+def load_real(pack: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(f"/work/cache/lfw-{pack}-embeddings.npz")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `python benchmarks/lfw.py --model {pack}` first (it writes it)")
+    z = np.load(path)
+    emb = np.ascontiguousarray(z["embeddings"], np.float32)
+    keep = z["detected"].astype(bool) if "detected" in z.files else np.ones(len(emb), bool)
+    names = np.array([Path(str(p)).parent.name for p in z["paths"]])
+    emb, names = emb[keep], names[keep]
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), names
+
+
+def gallery(pack: str, size: int, n_queries: int, seed: int):
+    rng = np.random.default_rng(seed)
+    emb, names = load_real(pack)
+    uniq, inv, counts = np.unique(names, return_inverse=True, return_counts=True)
+    multi = np.flatnonzero(counts[inv] >= 2)
+    # one held-out face per person with 2+ images, so every query has mates in the gallery
+    first = {}
+    for i in rng.permutation(multi):
+        first.setdefault(inv[i], i)
+    q_idx = np.array(list(first.values()))[:n_queries]
+    rest = np.setdiff1d(np.arange(len(emb)), q_idx)
+    model = FaceModel(emb[rest], names[rest])
+    synth, _ = model.sample(max(0, size - len(rest)), rng)
+    gal = np.concatenate([emb[rest], synth])[:size]
+    mates = []
+    for i in q_idx:
+        same = rest[names[rest] == names[i]]
+        mates.append(set(np.searchsorted(rest, same).tolist()))
+    return np.ascontiguousarray(gal), np.ascontiguousarray(emb[q_idx]), mates
+
+
+# --- the kinds ---------------------------------------------------------------------------------------------------
+def build(kind: str, gal: np.ndarray, args):
+    """(index object with .search(q, k) -> (sims, ids), file to save it to or None)."""
+    d = gal.shape[1]
+    ids = np.arange(len(gal), dtype=np.int64)
+    if kind == "base":  # as benchmarks/search.py makes it: lists by the 200k training sample (2,048)
+        rng = np.random.default_rng(0)
+        base = FaissIndex.ivf(d, gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)], 128)
+        base.add(ids, gal)
+        return _Plain(base.index, 128), f"IVF-Flat nlist={base.index.nlist} nprobe=128 (baseline)"
+    if kind.startswith("hnsw") and not kind.startswith("hnswsq"):
+        m = int(kind[4:] or 32)
+        ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef)
+        _add_chunked(ix, ids, gal)
+        return ix, f"HNSW-Flat M={m} efC={args.efc}"
+    if kind.startswith("hnswsq"):
+        m = int(kind[6:] or 32)
+        ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef, codes="sq8")
+        _add_chunked(ix, ids, gal)
+        return ix, f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
+    if kind == "ivfsq":
+        rng = np.random.default_rng(0)
+        ix = IvfSqIndex.trained(d, gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)], len(gal),
+                                nprobe=args.nprobe)
+        _add_chunked(ix, ids, gal)
+        return ix, f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
+    raise SystemExit(f"unknown kind {kind}")
+
+
+def _add_chunked(ix, ids, vecs, step: int = 100_000) -> None:
+    t = time.perf_counter()
+    for s in range(0, len(ids), step):
+        ix.add(ids[s:s + step], vecs[s:s + step])
+        done = min(len(ids), s + step)
+        print(f"    {done:,} added ({done / (time.perf_counter() - t):,.0f}/s)", file=sys.stderr, flush=True)
+
+
+class _Plain:
+    kind = "ivf-flat"
+
+    def __init__(self, ix, nprobe: int) -> None:
+        self.owner = ix  # the id map owns the IVF index: freeing it would free the IVF index too
+        self.ix = faiss.extract_index_ivf(ix)
+        self.ix.nprobe = nprobe
+
+    def search(self, q, k, exclude=None):
+        return self.ix.search(q, k)
+
+    def set_width(self, w: int) -> None:
+        self.ix.nprobe = w
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.ix, str(path))
+
+
+def set_width(ix, w: int) -> None:
+    if isinstance(ix, _Plain):
+        ix.set_width(w)
+    elif isinstance(ix, HnswIndex):
+        ix.ef_search = w
+    else:
+        ix.nprobe = w
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", default="dlib", help="dlib (128-d) or yunet-omz95 (256-d)")
+    ap.add_argument("--size", type=int, default=300_000)
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--kinds", default="base,hnsw32,hnswsq32,ivfsq")
+    ap.add_argument("--efc", type=int, default=100, help="HNSW efConstruction")
+    ap.add_argument("--ef", type=int, default=192, help="HNSW ef_search for the main row")
+    ap.add_argument("--nprobe", type=int, default=64, help="IVF-SQ8 nprobe for the main row")
+    ap.add_argument("--sweep", default="", help="widths to sweep per kind, e.g. hnsw:96,192,384;ivfsq:32,64,128")
+    ap.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0 = all)")
+    args = ap.parse_args()
+    t_all = time.perf_counter()
+    gal, queries, mates = gallery(args.pack, args.size, args.queries, 0)
+    print(f"# {args.pack}: gallery {len(gal):,} x {gal.shape[1]} (real + synthetic), {len(queries)} queries, "
+          f"load {os.getloadavg()}", flush=True)
+    flat = faiss.IndexFlatIP(gal.shape[1])
+    flat.add(gal)
+    _, truth = flat.search(queries, 10)
+    del flat
+    sweeps = {}
+    for part in filter(None, args.sweep.split(";")):
+        name, ws = part.split(":")
+        sweeps[name] = [int(w) for w in ws.split(",")]
+    built = {}
+    for kind in args.kinds.split(","):
+        faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
+        t = time.perf_counter()
+        ix, desc = build(kind, gal, args)
+        secs = time.perf_counter() - t
+        folder = Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))
+        ix.save(folder / "index")
+        size = disk_bytes(folder)
+        opens = []
+        if not isinstance(ix, _Plain):
+            for mmap in (False, True):
+                t = time.perf_counter()
+                again = load_index(folder / "index", mmap=mmap)
+                opens.append(time.perf_counter() - t)
+                del again
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+        built[kind] = (ix, desc, secs, size, opens)
+        print(f"  built {kind}: {desc} in {secs:.1f} s ({len(gal) / secs:,.0f} vectors/s), {size / 2**20:.0f} MiB "
+              f"on disk ({size / len(gal):.0f} B/vector), open {' / '.join(f'{o:.2f}' for o in opens)} s "
+              f"(read / mmap), RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
+              flush=True)
+    faiss.omp_set_num_threads(1)
+    kinds = list(built)
+    lat = {k: [] for k in kinds}
+    found = {k: [] for k in kinds}
+    for i in range(len(queries)):
+        q = queries[i:i + 1]
+        for k in kinds:
+            t = time.perf_counter()
+            _, ids = built[k][0].search(q, 10)
+            lat[k].append(time.perf_counter() - t)
+            found[k].append(ids[0])
+    base_p50 = np.median(lat["base"]) if "base" in lat else float("nan")
+    print(f"\n# single query, 1 thread, k=10, {len(queries)} queries interleaved; load {os.getloadavg()}")
+    print(f"{'kind':<40}{'build s':>9}{'MiB':>7}{'B/vec':>7}{'open s':>8}{'mmap s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'ratio':>7}{'rec@10':>8}{'same-p':>8}{'batch q/s':>10}")
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    for k in kinds:
+        ix, desc, secs, size, opens = built[k]
+        f = np.stack(found[k])
+        t = time.perf_counter()
+        ix.search(queries, 10)
+        qps = len(queries) / (time.perf_counter() - t)
+        p50, p99 = np.median(lat[k]) * 1e3, np.quantile(lat[k], 0.99) * 1e3
+        o = opens + [float("nan")] * (2 - len(opens))
+        print(f"{desc[:39]:<40}{secs:>9.1f}{size / 2**20:>7.0f}{size / len(gal):>7.0f}{o[0]:>8.2f}{o[1]:>8.2f}"
+              f"{p50:>8.2f}{p99:>8.2f}{p50 / 1e3 / base_p50:>7.2f}{recall_at_k(f, truth):>8.4f}"
+              f"{mate_recall(f, truth, mates):>8.4f}{qps:>10.0f}", flush=True)
+    faiss.omp_set_num_threads(1)
+    for k, widths in sweeps.items():
+        if k not in built:
+            continue
+        ix = built[k][0]
+        print(f"\n# {built[k][1]}: width sweep (HNSW ef_search / IVF nprobe), 1 thread")
+        for w in widths:
+            set_width(ix, w)
+            ls, fs = [], []
+            for i in range(len(queries)):
+                t = time.perf_counter()
+                _, ids = ix.search(queries[i:i + 1], 10)
+                ls.append(time.perf_counter() - t)
+                fs.append(ids[0])
+            f = np.stack(fs)
+            print(f"  width {w:>4}: p50 {np.median(ls) * 1e3:6.2f} ms  p99 {np.quantile(ls, 0.99) * 1e3:6.2f} ms  "
+                  f"recall@10 {recall_at_k(f, truth):.4f}  same-person {mate_recall(f, truth, mates):.4f}",
+                  flush=True)
+    print(f"\ntotal {time.perf_counter() - t_all:.0f} s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
