@@ -213,3 +213,29 @@ def test_search_one_face_at_a_time_is_audited_per_face(env):
         recs = fi.audit.query(action="search", case_ref="OV-MULTI")
     assert sorted(r.details["face"] for r in recs) == sorted([left, right])
     assert all(len(r.details["results"]) == 1 for r in recs)  # one face per record
+
+
+def test_overview_and_jobs_on_a_postgresql_catalog(pg_url, tmp_path):
+    """The overview's chain check opens the audit log where it lives (the catalog's database), and the jobs list
+    reads the catalog's jobs table, on PostgreSQL as on SQLite."""
+    from fastapi.testclient import TestClient
+
+    from faceindex import FaceIndex
+    from faceindex.config import Settings
+    from faceindex.server.app import create_app
+
+    data = tmp_path / "data"
+    with FaceIndex.open(data, catalog=pg_url) as fi:
+        assert fi.add([lfw("Tony_Blair", 1), lfw("Colin_Powell", 1)], "lfw", workers=1).ok
+        token = fi.create_key("t-admin", "admin")[1]
+    settings = Settings(data=data, catalog=pg_url, rate_limit=100_000, auth_failure_limit=100_000, workers=1)
+    with TestClient(create_app(settings)) as c:
+        for _ in range(20):  # the first answer may come before the background check ends
+            o = c.get("/v1/overview", headers=auth(token))
+            assert o.status_code == 200, o.text
+            if o.json()["audit"]["ok"] is not None:
+                break
+        assert o.json()["audit"]["ok"] is True and o.json()["audit"]["records"] >= 1, o.json()["audit"]
+        assert o.json()["faces"] == 2
+        jobs = c.get("/v1/jobs", headers=auth(token))
+        assert jobs.status_code == 200 and jobs.json() == [], jobs.text

@@ -21,6 +21,7 @@ from tests.web_support import (
     PEOPLE,
     PER_PERSON,
     TIMEOUT_MS,
+    accessibility_problems,
     lfw,
     open_page,
     shot,
@@ -62,6 +63,7 @@ def test_sign_in_page_and_wrong_key(page, server):
     expect(page.locator("#notice")).to_contain_text("never identifications")
     expect(page.locator("#nav")).to_be_hidden()
     shot(page, "signin")
+    assert accessibility_problems(page, "#page-signin") == []  # AA contrast, a name on every control
     page.get_by_label("API key").fill("fi_000000000000_not-a-real-key")
     page.get_by_role("button", name="Sign in").click()
     error = page.locator("#signin-error")
@@ -113,6 +115,7 @@ def test_two_person_confirmation_then_audit(page, server):
     expect(first.locator(".badge")).to_have_text("✓ confirmed")
     expect(first.get_by_role("button", name="Confirmed")).to_be_disabled()
     shot(page, "search")
+    assert accessibility_problems(page, "#page-search") == []  # AA contrast, a name on every control
 
     sign_out(page)
     sign_in(page, base, keys["aud"])
@@ -130,6 +133,7 @@ def test_two_person_confirmation_then_audit(page, server):
     expect(by("inv1").locator(".detail-sum")).to_have_text(re.compile(r"awaiting second confirmation \(1 of 2\)$"))
     expect(by("inv2").locator(".detail-sum")).to_have_text(re.compile(r"· confirmed$"))
     shot(page, "audit")
+    assert accessibility_problems(page, "#page-audit") == []  # AA contrast, a name on every control
 
     filters = page.locator("#audit-form")
     filters.get_by_label("Case").fill(case)
@@ -165,6 +169,7 @@ def test_people_after_clustering(page, server):
     expect(page.locator(".mosaic .tile.loading")).to_have_count(0)
     expect(cards.first.locator(".person-cohesion")).to_contain_text("weakest link 1 in")
     shot(page, "people")
+    assert accessibility_problems(page, "#page-people") == []  # AA contrast, a name on every control
 
     # reviewers can see the least cohesive groups first
     with page.expect_response(lambda r: "sort=weakest" in r.url):
@@ -216,6 +221,7 @@ def test_privacy_access_lists_the_persons_faces(page, server):
     expect(page.locator("#access-out")).to_contain_text("SAR-WEB-1")
     expect(page.locator("#access-out .tile.loading")).to_have_count(0)
     shot(page, "privacy")
+    assert accessibility_problems(page, "#page-privacy") == []  # AA contrast, a name on every control
 
 
 def test_mobile_search_fits_390px(browser, server):

@@ -21,7 +21,15 @@ pytest.importorskip("playwright", reason="playwright is not installed (pip insta
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from tests.servers import Server  # noqa: E402
-from tests.web_support import LFW, NARROW, lfw, shot, sign_in, skip_unless_browser  # noqa: E402
+from tests.web_support import (  # noqa: E402
+    LFW,
+    NARROW,
+    accessibility_problems,
+    lfw,
+    shot,
+    sign_in,
+    skip_unless_browser,
+)
 
 skip_unless_browser()
 
@@ -398,33 +406,6 @@ def test_policy_shows_measured_rates_and_changes_are_confirmed_and_audited(page,
 
 
 # --- every page: keyboard, focus, labels; 390 px -------------------------------------------------------------------------
-CONTRAST = """(sel) => {
-    // WCAG 2 contrast of every visible text against the first opaque background behind it
-    const lum = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
-        v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
-        .reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
-    const bg = (el) => {
-        for (let e = el; e; e = e.parentElement) {
-            const m = getComputedStyle(e).backgroundColor.match(/[\\d.]+/g);
-            if (m && (m.length < 4 || Number(m[3]) > 0.5)) return getComputedStyle(e).backgroundColor;
-        }
-        return 'rgb(255, 255, 255)';
-    };
-    const bad = [];
-    for (const el of document.querySelectorAll(sel + ' *')) {
-        if (!el.getClientRects().length || el.closest('[disabled], .visually-hidden, option')) continue;
-        if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
-        const st = getComputedStyle(el);
-        const [a, b] = [lum(st.color), lum(bg(el))];
-        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-        const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
-        if (ratio < (size >= 24 || (bold && size >= 18.66) ? 3 : 4.5))
-            bad.push(`${el.tagName} "${el.textContent.trim().slice(0, 40)}": ${ratio.toFixed(2)}`);
-    }
-    return bad;
-}"""
-
-
 def test_every_admin_page_keyboard_focus_labels_and_contrast(page, server):
     base, keys, _ = server
     sign_in(page, base, keys["root-admin"])
@@ -433,12 +414,12 @@ def test_every_admin_page_keyboard_focus_labels_and_contrast(page, server):
         go(page, pid)
         page.wait_for_timeout(300)
         problems += focus_audit(page, pid)
-        problems += [f"{pid}: contrast {x}" for x in page.evaluate(CONTRAST, f"#page-{pid}")]
+        problems += [f"{pid}: {x}" for x in accessibility_problems(page, f"#page-{pid}")]
     assert not problems, "\n".join(problems)
     # the check itself finds pale text (it would pass anything if it were broken)
     page.evaluate("document.querySelector('#page-policy .page-head').append(Object.assign("
                   "document.createElement('span'), {id: 'pale', textContent: 'pale', style: 'color:#bbb'}))")
-    assert any('"pale"' in x for x in page.evaluate(CONTRAST, "#page-policy"))
+    assert any('"pale"' in x for x in accessibility_problems(page, "#page-policy"))
 
 
 def test_admin_pages_fit_390px(browser, server):

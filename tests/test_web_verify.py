@@ -22,6 +22,7 @@ from tests.web_support import (  # noqa: E402
     PEOPLE,
     PER_PERSON,
     TIMEOUT_MS,
+    accessibility_problems,
     lfw,
     open_page,
     shot,
@@ -68,51 +69,6 @@ def focus_is_visible(pg: Page) -> bool:
         const s = getComputedStyle(target);
         return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2;
     }""")
-
-
-AUDIT_PAGE_JS = """(root) => {
-    const lum = (c) => {
-        const [r, g, b] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-    };
-    const rgba = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
-    const background = (el) => {
-        for (; el; el = el.parentElement) {
-            const c = rgba(getComputedStyle(el).backgroundColor);
-            if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
-        }
-        return [255, 255, 255];
-    };
-    const problems = [];
-    const page = document.querySelector(root);
-    for (const el of page.querySelectorAll("*")) {
-        if (!el.offsetParent && getComputedStyle(el).position !== "fixed") continue;  // not shown
-        const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
-        if (own && !el.closest(".visually-hidden")) {
-            const s = getComputedStyle(el);
-            const fg = rgba(s.color).slice(0, 3);
-            const [a, b] = [lum(fg), lum(background(el))].sort((x, y) => y - x);
-            const ratio = (a + 0.05) / (b + 0.05);
-            const large = parseFloat(s.fontSize) >= 24 || (parseFloat(s.fontSize) >= 18.66 && Number(s.fontWeight) >= 700);
-            const disabled = el.closest("button:disabled");
-            if (!disabled && ratio < (large ? 3 : 4.5)) {
-                const text = el.textContent.trim().slice(0, 30);
-                problems.push(`contrast ${ratio.toFixed(2)}: ${el.tagName}.${el.className} "${text}"`);
-            }
-        }
-        if (el.matches("input:not([type=hidden]), select, textarea, button, [role=meter], canvas[role=img]")) {
-            const named = el.labels?.length || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby")
-                || (el.tagName === "BUTTON" && el.textContent.trim());
-            if (!named) problems.push(`no label: ${el.outerHTML.slice(0, 80)}`);
-        }
-    }
-    return problems;
-}"""
-
-
-def accessibility_problems(pg: Page, root: str) -> list[str]:
-    """Text below WCAG AA contrast against its background, and controls without an accessible name, in `root`."""
-    return pg.evaluate(AUDIT_PAGE_JS, root)
 
 
 def choose_with_keyboard(pg: Page, input_selector: str, photo: Path) -> None:

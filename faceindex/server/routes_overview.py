@@ -20,10 +20,9 @@ from pydantic import BaseModel
 
 from .. import anchor as anchoring
 from ..audit import AuditLog, AuditVerification
-from ..engine import FaceIndex
+from ..engine import FaceIndex, audit_target
 from ..errors import FaceIndexError
 from ..policy import PERMISSIONS
-from .jobs import TABLE as JOBS_TABLE
 from .jobs import Jobs
 
 log_ = logging.getLogger("faceindex.server")
@@ -98,9 +97,8 @@ def _parse(iso: str | None) -> datetime | None:
 def recent_jobs(engine: FaceIndex, jobs: Jobs, limit: int = RECENT_JOBS) -> list[OverviewJob]:
     """The latest ingest jobs, newest first; a running job's progress from memory (fresher than the catalog)."""
     with engine.catalog.transaction() as db:
-        db.execute(JOBS_TABLE)
         rows = db.execute("SELECT id, spec, state, progress, created_at, updated_at FROM jobs "
-                          "ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+                          "ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
     out = []
     for jid, spec, state, progress, created, updated in rows:
         spec, p = json.loads(spec), json.loads(progress)
@@ -134,7 +132,8 @@ class ChainCheck:
         try:
             with self.app_lock:  # the catalog's connection is the engine's
                 anchor = anchoring.read_anchor(self.engine.catalog)
-            with AuditLog(self.engine.audit.path, key=anchoring.load_key(self.engine.settings)) as log:
+            target = audit_target(self.engine.catalog, self.engine.data)  # a file, or the PostgreSQL catalog
+            with AuditLog(target, key=anchoring.load_key(self.engine.settings)) as log:
                 res = log.verify(anchor)
         except FaceIndexError as e:
             res = AuditVerification(False, 0, None, f"The audit log cannot be verified: {e}.")
