@@ -23,7 +23,6 @@ from ..audit import AuditLog, AuditVerification
 from ..engine import FaceIndex
 from ..errors import FaceIndexError
 from ..policy import PERMISSIONS
-from .jobs import TABLE as JOBS_TABLE
 from .jobs import Jobs
 
 log_ = logging.getLogger("faceindex.server")
@@ -97,10 +96,9 @@ def _parse(iso: str | None) -> datetime | None:
 
 def recent_jobs(engine: FaceIndex, jobs: Jobs, limit: int = RECENT_JOBS) -> list[OverviewJob]:
     """The latest ingest jobs, newest first; a running job's progress from memory (fresher than the catalog)."""
-    with engine.catalog.transaction() as db:
-        db.execute(JOBS_TABLE)
+    with engine.catalog.transaction() as db:  # the jobs table is in the catalog's schema (SQLite or PostgreSQL)
         rows = db.execute("SELECT id, spec, state, progress, created_at, updated_at FROM jobs "
-                          "ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+                          "ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
     out = []
     for jid, spec, state, progress, created, updated in rows:
         spec, p = json.loads(spec), json.loads(progress)
