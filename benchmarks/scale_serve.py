@@ -7,7 +7,8 @@ against the embedded default (SQLite catalog + FAISS file), in the same run on t
 Each backend gets the same gallery: `--lfw-images` LFW images indexed with `faceindex add` (real faces, so the
 probes find their mates), then `--distractors` synthetic faces written through the catalog API (`add_image`, the
 same seed for both; embeddings from a Gaussian fitted to the real ones, L2-normalised), which the vector store picks
-up when the index next opens. Probes: the held-out last photo of the first `--probes` LFW people with 2+ images.
+up when the index next opens (Milvus: then flushed, and timed once its index covers every row). Probes: the held-out
+last photo of the first `--probes` LFW people with 2+ images.
 One `faceindex serve` per backend runs on 127.0.0.1 with an investigator key made by `faceindex keys create`;
 `POST /v1/search` (probe upload, purpose and case, largest face, top 10) is timed with 1 and 8 concurrent clients
 (threads with a keep-alive connection each; `benchmarks/serve.py`'s client). All rows run interleaved in rounds so
@@ -116,8 +117,13 @@ def add_distractors(b: Backend, n: int, seed: int) -> tuple[int, float]:
                         face = Face(Box(600, 400, 760, 560), ((640.0, 450.0),) * 5, quality, vecs[i], 0)
                         cat.add_image(src, f"/distractors/{i // 1000:04d}/{i:07d}.jpg", 0, sha, 180_000, 1600, 1200,
                                       [face])
-        _ = fi.index  # sync the vector store with the catalog now (FAISS: rebuild; Milvus: write the new rows)
+        index = fi.index  # sync the vector store with the catalog now (FAISS: rebuild; Milvus: write the new rows)
         fi.save()
+        if hasattr(index, "flush"):  # Milvus: seal the segments and wait for their index, the steady state
+            from scale_search import wait_indexed
+
+            index.flush()
+            wait_indexed(index, fi.catalog.face_count(), timeout=600)
         return fi.catalog.face_count(), time.perf_counter() - t
 
 
