@@ -117,6 +117,7 @@ def add_distractors(b: Backend, n: int, seed: int) -> tuple[int, float]:
                         face = Face(Box(600, 400, 760, 560), ((640.0, 450.0),) * 5, quality, vecs[i], 0)
                         cat.add_image(src, f"/distractors/{i // 1000:04d}/{i:07d}.jpg", 0, sha, 180_000, 1600, 1200,
                                       [face])
+    with FaceIndex.open(b.data, **b.overrides) as fi:  # reopened: Milvus syncs with the catalog on open only
         index = fi.index  # sync the vector store with the catalog now (FAISS: rebuild; Milvus: write the new rows)
         fi.save()
         if hasattr(index, "flush"):  # Milvus: seal the segments and wait for their index, the steady state
@@ -195,15 +196,15 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"LFW images not found at {LFW}")
     levels = [int(x) for x in args.clients.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="faceindex-scale-serve-", dir=args.tmp))
-    pg_stop = milvus = None
+    pg_stop = milvus = pg_dir = None
     pg_url = None
     backends: list[Backend] = []
     try:
         if args.pg:
             pg = PgServer(args.pg)
         else:
-            folder = tmp / "pg"
-            folder.mkdir()
+            folder = pg_dir = Path(tempfile.mkdtemp(prefix="faceindex-scale-serve-pg-"))  # (in /tmp: the postgres
+            # user must reach it, and `tmp` is root's alone when run as root)
             base, pg_stop = _start(folder, durable=True)
             pg = PgServer(base, own=True)
         pg_url = pg.database()
@@ -304,6 +305,8 @@ def run(args: argparse.Namespace) -> None:
         elif backends and backends[1].vectors:
             drop_all(backends[1].vectors)
         shutil.rmtree(tmp, ignore_errors=True)
+        if pg_dir:
+            shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def main() -> None:
