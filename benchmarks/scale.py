@@ -4,6 +4,7 @@
     python benchmarks/scale.py store ...       PostgreSQL catalog vs SQLite                 (scale_store.py)
     python benchmarks/scale.py search ...      Milvus (HNSW, IVF_SQ8) vs FAISS              (scale_search.py)
     python benchmarks/scale.py index-size ...  Milvus index bytes per vector                (scale_search.py)
+    python benchmarks/scale.py serve ...       faceindex serve on PostgreSQL+Milvus vs SQLite+FAISS (scale_serve.py)
 
 `python benchmarks/scale.py SUBCOMMAND --help` lists each part's options.
 """
@@ -14,7 +15,8 @@ import importlib
 import sys
 from pathlib import Path
 
-PARTS = {"ingest": "scale_ingest", "store": "scale_store", "search": "scale_search", "index-size": "scale_search"}
+PARTS = {"ingest": "scale_ingest", "store": "scale_store", "search": "scale_search", "index-size": "scale_search",
+         "serve": "scale_serve"}
 
 
 def main() -> None:

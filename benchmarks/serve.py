@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -113,11 +114,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(data: Path, port: int, log: Path, options: Sequence[str] = ()) -> subprocess.Popen:
+    """`faceindex --data DATA [OPTIONS] serve` on 127.0.0.1:port (OPTIONS: global ones, e.g. --catalog URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEINDEX_")}
     env.update(FACEINDEX_RATE_LIMIT="100000000", FACEINDEX_WORKERS="1")
     cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'faceindex'; from faceindex.cli import main; main()",
-           "--data", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)]
+           "--data", str(data), *options, "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
