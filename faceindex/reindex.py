@@ -31,24 +31,8 @@ from .types import Box, Face
 MATCH_IOU = 0.3  # dlib's HOG boxes are tighter than YuNet's: the same face gives IoU ~0.5-0.7
 BATCH = 16  # images per committed batch
 
-STAGING = """
-CREATE TABLE IF NOT EXISTS reindex_images (image_id INTEGER PRIMARY KEY, status TEXT NOT NULL, path TEXT);
-CREATE TABLE IF NOT EXISTS reindex_faces (
-    face_id INTEGER PRIMARY KEY, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
-    landmarks TEXT NOT NULL, det_score REAL NOT NULL, q_size INTEGER NOT NULL, q_sharpness REAL NOT NULL,
-    q_frontal REAL NOT NULL, quality REAL NOT NULL, embedding BLOB NOT NULL, matched INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS optout_models (
-    reference TEXT NOT NULL, model TEXT NOT NULL, templates BLOB NOT NULL, n_templates INTEGER NOT NULL,
-    PRIMARY KEY (reference, model));
-"""
 
 Progress = Callable[[str, dict], None]
-
-
-def ensure_tables(catalog) -> None:
-    """The staging and per-model opt-out tables (created on first use; old catalogs lack them)."""
-    if catalog.dialect == "sqlite":  # (they are in the catalog's schema since version 3; kept for old files)
-        catalog.db.executescript(STAGING)
 
 
 def _clear_staging(catalog) -> None:
@@ -103,7 +87,6 @@ def reindex(fi, model: str, progress: Progress | None = None) -> dict:
     if current == target.key:
         raise ModelError(f"this index already holds embeddings of model {target.name} ({target.key})")
     packs.calibration_for(target, fi.data)  # the new model must be usable after the swap: checked before any work
-    ensure_tables(cat)
     if cat.get_meta("reindex_model") != target.key:  # a run for another model was left over: start afresh
         _clear_staging(cat)
         with cat.transaction():
@@ -206,7 +189,6 @@ def _swap_optouts(cat, old_key: str | None, new_key: str) -> list[str]:
 
 def store_templates(cat, reference: str, key: str, templates: np.ndarray) -> None:
     """Keep an opt-out's templates for model `key` (made from its reference photos while they are at hand)."""
-    ensure_tables(cat)
     t = np.ascontiguousarray(templates, dtype=np.float32)
     with cat.transaction():
         cat.db.execute("INSERT INTO optout_models VALUES(?,?,?,?) ON CONFLICT(reference, model) DO UPDATE SET "
@@ -218,7 +200,6 @@ def keep_templates_for_all_packs(fi, reference: str, pixels: list[np.ndarray], c
     """Store an opt-out's templates for the index's model and for every other built-in pack, made from the
     reference photos while they are at hand, so that the opt-out still holds after a reindex. Returns
     {model key: number of templates}."""
-    ensure_tables(fi.catalog)
     store_templates(fi.catalog, reference, fi.pack.key, current)
     made = {fi.pack.key: len(current)}
     for p in packs.builtin().values():
@@ -234,7 +215,6 @@ def keep_templates_for_all_packs(fi, reference: str, pixels: list[np.ndarray], c
 
 def forget_templates(cat, reference: str) -> None:
     """Drop an opt-out's templates of every model (the opt-out was withdrawn)."""
-    ensure_tables(cat)
     with cat.transaction():
         cat.db.execute("DELETE FROM optout_models WHERE reference=?", (reference,))
 

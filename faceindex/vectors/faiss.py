@@ -14,20 +14,9 @@ import faiss
 import numpy as np
 
 from ..errors import CatalogError
-from .graph import HnswIndex, IvfSqIndex, Tombstoned, load_graph
+from .graph import HnswIndex, IvfSqIndex, Tombstoned, _as_ids, _as_vecs, load_graph
 
 __all__ = ["FaissIndex", "HnswIndex", "IvfSqIndex", "Tombstoned", "load_index"]
-
-
-def _as_ids(ids) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
-
-
-def _as_vecs(vecs, dim: int) -> np.ndarray:
-    v = np.ascontiguousarray(np.asarray(vecs, dtype=np.float32))
-    if v.ndim != 2 or v.shape[1] != dim:
-        raise ValueError(f"expected vectors of shape (n, {dim}), got {v.shape}")
-    return v
 
 
 class FaissIndex:
