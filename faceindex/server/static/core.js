@@ -254,6 +254,23 @@ function authedImg(url, alt, cls = "crop") {
 
 const cropUrl = (faceId, size = 160) => `v1/faces/${faceId}/crop?size=${size}`;
 
+// --- drop zones -----------------------------------------------------------------------------------------------------
+// Highlights `el` while files are dragged over it and hands the drop's DataTransfer to `onDrop` (the browser would
+// otherwise open the dropped file).
+export function dropZone(el, onDrop) {
+  for (const t of ["dragenter", "dragover"]) {
+    el.addEventListener(t, (e) => {
+      e.preventDefault();
+      el.classList.add("over");
+    });
+  }
+  for (const t of ["dragleave", "drop"]) el.addEventListener(t, () => el.classList.remove("over"));
+  el.addEventListener("drop", (e) => {
+    e.preventDefault();
+    onDrop(e.dataTransfer);
+  });
+}
+
 // --- dialogs ------------------------------------------------------------------------------------------------------
 /** A modal confirmation step; resolves true when confirmed. */
 function confirmStep({ title, body, ok = "Confirm", danger = false }) {

@@ -1,7 +1,7 @@
 // faceindex web page: the "Add photos" page (admin). Photos (many files or a whole folder) are uploaded into one
 // job in bounded chunks, one request at a time, each chunk retried on its own; or a server folder is named. The
 // job's progress is polled; jobs are listed from the server, so they survive a reload or a server restart.
-import { $, api, confirmStep, fmtTime, h, state, status } from "./core.js";
+import { $, api, confirmStep, dropZone, fmtTime, h, state, status } from "./core.js";
 import { bytes, fail, mountPage, plural, rows, sleep } from "./admin.js";
 
 export const CHUNK_FILES = 20; // files per request
@@ -440,14 +440,5 @@ $("#job-cancel", page).addEventListener("click", cancelJob);
 $("#job-start", page).addEventListener("click", startReceived);
 $("#jobs-refresh", page).addEventListener("click", loadJobs);
 const dz = $("#up-drop", page);
-for (const t of ["dragenter", "dragover"]) {
-  dz.addEventListener(t, (e) => {
-    e.preventDefault();
-    dz.classList.add("over");
-  });
-}
-for (const t of ["dragleave", "drop"]) dz.addEventListener(t, () => dz.classList.remove("over"));
-dz.addEventListener("drop", (e) => {
-  e.preventDefault();
-  dropped(e.dataTransfer).catch((x) => fail($("#up-error"), `Could not read what was dropped: ${x.message}`));
-});
+dropZone(dz, (dt) =>
+  dropped(dt).catch((x) => fail($("#up-error"), `Could not read what was dropped: ${x.message}`)));

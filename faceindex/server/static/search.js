@@ -1,5 +1,5 @@
 // faceindex web page: the search page.
-import { $, api, authedImg, baseName, confirmStep, cropUrl, fileName, fmtExpected, h, labelClass, oneIn, registerPage, showError, showFaceImage, state, status } from "./core.js";
+import { $, api, authedImg, baseName, confirmStep, cropUrl, dropZone, fileName, fmtExpected, h, labelClass, oneIn, registerPage, showError, showFaceImage, state, status } from "./core.js";
 import { faceCanvas, facePicker, largest } from "./facepicker.js";
 
 // --- search ---------------------------------------------------------------------------------------------------------
@@ -91,16 +91,8 @@ async function setProbe(file) {
 const dz = $("#dropzone");
 $("#probe-file").addEventListener("change", (e) => setProbe(e.target.files[0]));
 $("#probe-change").addEventListener("click", () => $("#probe-file").click());
-for (const t of ["dragenter", "dragover"]) {
-  dz.addEventListener(t, (e) => {
-    e.preventDefault();
-    dz.classList.add("over");
-  });
-}
-for (const t of ["dragleave", "drop"]) dz.addEventListener(t, () => dz.classList.remove("over"));
-dz.addEventListener("drop", (e) => {
-  e.preventDefault();
-  const f = e.dataTransfer?.files?.[0];
+dropZone(dz, (dt) => {
+  const f = dt?.files?.[0];
   if (f) setProbe(f);
 });
 // a photo dropped anywhere on the search page is taken as the probe (instead of the browser opening it)

@@ -1,7 +1,7 @@
 // faceindex web page: the verify page (1:1). Two photos, one face picked in each, then POST /v1/verify with
 // face_a / face_b: similarity, false-match rate and decision, with both faces side by side. Audited like a search
 // (purpose and case); the photos are not kept.
-import { $, api, h, labelClass, oneIn, registerPage, showError, state, status } from "./core.js";
+import { $, api, dropZone, h, labelClass, oneIn, registerPage, showError, state, status } from "./core.js";
 import { faceCanvas, facePicker, largest } from "./facepicker.js";
 
 const CASE_PATTERN = "[A-Za-z0-9_.:\\-]{1,100}";
@@ -92,17 +92,7 @@ function photoSlot(key) {
   };
   input.addEventListener("change", () => slot.set(input.files[0]));
   change.addEventListener("click", () => input.click());
-  for (const t of ["dragenter", "dragover"]) {
-    drop.addEventListener(t, (e) => {
-      e.preventDefault();
-      drop.classList.add("over");
-    });
-  }
-  for (const t of ["dragleave", "drop"]) drop.addEventListener(t, () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    slot.set(e.dataTransfer?.files?.[0]);
-  });
+  dropZone(drop, (dt) => slot.set(dt?.files?.[0]));
   return slot;
 }
 
