@@ -178,10 +178,7 @@ def reset(catalog: Catalog, path: Path | str, key: bytes | None, reason: str, *,
         if _file_problem(path, anchored) or not path.exists():
             found = "missing" if not path.exists() else "empty file"
         else:
-            with AuditLog(path, key=key) as old:
-                seq, digest = old.head()
-                verdict = old.verify(anchored)
-                found = f"{seq}:{digest}" + ("" if verdict.ok else f" ({verdict.problem})")
+            found = _found(path, key, anchored)
     except FaceIndexError as e:
         found = f"unreadable: {e}"
     kept = None
@@ -203,14 +200,19 @@ def reset(catalog: Catalog, path: Path | str, key: bytes | None, reason: str, *,
     return rec
 
 
+def _found(target: Path | str, key: bytes | None, anchored: tuple[int, str] | None) -> str:
+    """What a reset finds in the old log: its head, and the problem when it does not verify."""
+    with AuditLog(target, key=key) as old:
+        seq, digest = old.head()
+        verdict = old.verify(anchored)
+    return f"{seq}:{digest}" + ("" if verdict.ok else f" ({verdict.problem})")
+
+
 def _reset_postgres(catalog: Catalog, url: str, key: bytes | None, reason: str,
                     anchored: tuple[int, str] | None, *, actor: str, role: str) -> AuditRecord:
     """reset() for a log in PostgreSQL: the old tables are renamed aside (audit_replaced_<time>_*)."""
     try:
-        with AuditLog(url, key=key) as old:
-            seq, digest = old.head()
-            verdict = old.verify(anchored)
-            found = f"{seq}:{digest}" + ("" if verdict.ok else f" ({verdict.problem})")
+        found = _found(url, key, anchored)
     except FaceIndexError as e:
         found = f"unreadable: {e}"
     stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%fz")
