@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.web_support import DATA, lfw, two_faces
+from tests.web_support import DATA, lfw, lfw_gallery, two_faces
 
 pytestmark = pytest.mark.skipif(not (DATA / "lfw").is_dir(), reason=f"LFW images not found at {DATA} "
                                 "(../shared/data is absent)")
@@ -34,11 +34,7 @@ def env(tmp_path_factory):
     from faceindex import FaceIndex
 
     root = tmp_path_factory.mktemp("overview")
-    gallery = root / "gallery"
-    for name in PEOPLE:
-        (gallery / name).mkdir(parents=True)
-        for i in range(1, PER_PERSON + 1):
-            (gallery / name / lfw(name, i).name).symlink_to(lfw(name, i))
+    gallery = lfw_gallery(root / "gallery", PEOPLE, PER_PERSON)
     data = root / "data"
     with FaceIndex.open(data) as fi:
         assert fi.add([gallery], "lfw", workers=1).ok

@@ -59,6 +59,15 @@ def lfw(name: str, i: int) -> Path:
     return LFW / name / f"{name}_{i:04d}.jpg"
 
 
+def lfw_gallery(folder: Path, people: list[str], per_person: int) -> Path:
+    """`folder` with one sub-folder per person holding links to their first `per_person` LFW images."""
+    for name in people:
+        (folder / name).mkdir(parents=True)
+        for i in range(1, per_person + 1):
+            (folder / name / lfw(name, i).name).symlink_to(lfw(name, i))
+    return folder
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,11 +89,7 @@ def server(tmp_path_factory):
     from faceindex import FaceIndex
 
     root = tmp_path_factory.mktemp("web")
-    gallery = root / "gallery"
-    for name in PEOPLE:
-        (gallery / name).mkdir(parents=True)
-        for i in range(1, PER_PERSON + 1):
-            (gallery / name / lfw(name, i).name).symlink_to(lfw(name, i))
+    gallery = lfw_gallery(root / "gallery", PEOPLE, PER_PERSON)
     data = root / "data"
     fi = FaceIndex.open(data)
     try:
