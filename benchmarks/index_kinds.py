@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
+
+CHUNK = 1_000_000  # faces generated, searched exactly, or added between two checkpoints at a time
 
 
 def load_real(pack: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +47,14 @@ def load_real(pack: str) -> tuple[np.ndarray, np.ndarray]:
     return emb / np.linalg.norm(emb, axis=1, keepdims=True), names
 
 
-def gallery(pack: str, size: int, n_queries: int, seed: int):
+def gallery(pack: str, size: int, n_queries: int, seed: int, store: Path | None = None):
+    """(gallery, queries, exact top-10 of each query, mates of each query). With `store`, the gallery is written
+    there once (a memory-mapped .npy: 10M x 128 float32 is 5 GB) and read back on later runs."""
+    files = (store / f"gallery-{pack}-{size}-{n_queries}-{seed}.npy",
+             store / f"queries-{pack}-{size}-{n_queries}-{seed}.npz") if store else None
+    if files and files[0].is_file() and files[1].is_file():
+        z = np.load(files[1], allow_pickle=True)
+        return np.load(files[0], mmap_mode="r"), z["queries"], z["truth"], [set(m.tolist()) for m in z["mates"]]
     rng = np.random.default_rng(seed)
     emb, names = load_real(pack)
     uniq, inv, counts = np.unique(names, return_inverse=True, return_counts=True)
@@ -56,50 +66,96 @@ def gallery(pack: str, size: int, n_queries: int, seed: int):
     q_idx = np.array(list(first.values()))[:n_queries]
     rest = np.setdiff1d(np.arange(len(emb)), q_idx)
     model = FaceModel(emb[rest], names[rest])
-    synth, _ = model.sample(max(0, size - len(rest)), rng)
-    gal = np.concatenate([emb[rest], synth])[:size]
-    mates = []
-    for i in q_idx:
-        same = rest[names[rest] == names[i]]
-        mates.append(set(np.searchsorted(rest, same).tolist()))
-    return np.ascontiguousarray(gal), np.ascontiguousarray(emb[q_idx]), mates
+    shape = (size, emb.shape[1])
+    gal = np.lib.format.open_memmap(files[0], mode="w+", dtype=np.float32, shape=shape) if files else \
+        np.empty(shape, np.float32)
+    real = min(size, len(rest))
+    gal[:real] = emb[rest][:real]
+    for s in range(real, size, CHUNK):  # in chunks: the sampler's float64 temporaries of 10M faces are 10 GB
+        gal[s:min(size, s + CHUNK)] = model.sample(min(size, s + CHUNK) - s, rng)[0]
+    queries = np.ascontiguousarray(emb[q_idx])
+    mates = [set(np.searchsorted(rest, rest[names[rest] == names[i]]).tolist()) for i in q_idx]
+    truth = exact_top(gal, queries, 10)
+    if files:
+        gal.flush()
+        np.savez(files[1], queries=queries, truth=truth,
+                 mates=np.array([np.array(sorted(m), np.int64) for m in mates], dtype=object))
+    return gal, queries, truth, mates
+
+
+def exact_top(gal: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the exact top k of each query (flat inner product over the gallery, a chunk at a time)."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for s in range(0, len(gal), CHUNK):
+        flat = faiss.IndexFlatIP(gal.shape[1])
+        flat.add(np.ascontiguousarray(gal[s:s + CHUNK]))
+        d, i = flat.search(queries, k)
+        both_s, both_i = np.concatenate([best_s, d], 1), np.concatenate([best_i, i + s], 1)
+        o = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, o, 1), np.take_along_axis(both_i, o, 1)
+    return best_i
 
 
 # --- the kinds ---------------------------------------------------------------------------------------------------
-def build(kind: str, gal: np.ndarray, args):
-    """(index object with .search(q, k) -> (sims, ids), file to save it to or None)."""
+def build(kind: str, gal: np.ndarray, args, stored: Path | None = None):
+    """(index object with .search(q, k) -> (sims, ids), its description). With `stored`, the kinds other than the
+    baseline save a checkpoint there every CHUNK faces, and a build killed midway resumes from its last one."""
     d = gal.shape[1]
     ids = np.arange(len(gal), dtype=np.int64)
+    partial = stored / "partial" if stored else None
+    if partial and (partial / "index").is_file():
+        done, spent, desc = (partial / "done.txt").read_text().split("\t")
+        ix = load_index(partial / "index", args.nprobe, args.ef)
+        print(f"    resuming {desc} at {int(done):,} faces", file=sys.stderr, flush=True)
+        _add_chunked(ix, ids, gal, int(done), partial, float(spent), desc, every=args.checkpoint)
+        return ix, desc
     if kind == "base":  # as benchmarks/search.py makes it: lists by the 200k training sample (2,048)
-        rng = np.random.default_rng(0)
-        base = FaissIndex.ivf(d, gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)], 128)
+        base = FaissIndex.ivf(d, _sample(gal), 128)
         base.add(ids, gal)
         return _Plain(base.index, 128), f"IVF-Flat nlist={base.index.nlist} nprobe=128 (baseline)"
     if kind.startswith("hnsw") and not kind.startswith("hnswsq"):
         m = int(kind[4:] or 32)
         ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef)
-        _add_chunked(ix, ids, gal)
-        return ix, f"HNSW-Flat M={m} efC={args.efc}"
+        desc = f"HNSW-Flat M={m} efC={args.efc}"
+        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
+        return ix, desc
     if kind.startswith("hnswsq"):
         m = int(kind[6:] or 32)
         ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef, codes="sq8")
-        _add_chunked(ix, ids, gal)
-        return ix, f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
+        desc = f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
+        ix.train(_sample(gal))
+        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
+        return ix, desc
     if kind == "ivfsq":
-        rng = np.random.default_rng(0)
-        ix = IvfSqIndex.trained(d, gal[rng.choice(len(gal), min(len(gal), 200_000), replace=False)], len(gal),
-                                nprobe=args.nprobe)
-        _add_chunked(ix, ids, gal)
-        return ix, f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
+        ix = IvfSqIndex.trained(d, _sample(gal), len(gal), nprobe=args.nprobe)
+        desc = f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
+        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
+        return ix, desc
     raise SystemExit(f"unknown kind {kind}")
 
 
-def _add_chunked(ix, ids, vecs, step: int = 100_000) -> None:
+def _sample(gal: np.ndarray, n: int = 200_000) -> np.ndarray:
+    """The training sample: as the engine takes it, 200k faces at random (seed 0), in gallery order."""
+    rng = np.random.default_rng(0)
+    return np.ascontiguousarray(gal[np.sort(rng.choice(len(gal), min(len(gal), n), replace=False))])
+
+
+def _add_chunked(ix, ids, vecs, start: int = 0, partial: Path | None = None, spent: float = 0.0,
+                 desc: str = "", step: int = 100_000, every: int = CHUNK) -> None:
+    """Add vecs[start:] in steps; with `partial`, checkpoint every `every` faces (index, then done count and the
+    build seconds spent so far, so that a resumed build reports its whole time)."""
     t = time.perf_counter()
-    for s in range(0, len(ids), step):
-        ix.add(ids[s:s + step], vecs[s:s + step])
+    for s in range(start, len(ids), step):
+        ix.add(ids[s:s + step], np.ascontiguousarray(vecs[s:s + step]))
         done = min(len(ids), s + step)
-        print(f"    {done:,} added ({done / (time.perf_counter() - t):,.0f}/s)", file=sys.stderr, flush=True)
+        print(f"    {done:,} added ({(done - start) / (time.perf_counter() - t):,.0f}/s)", file=sys.stderr,
+              flush=True)
+        if partial is not None and done % every == 0 and done < len(ids):
+            partial.mkdir(parents=True, exist_ok=True)
+            ix.save(partial / "index")
+            (partial / "done.txt").write_text(f"{done}\t{spent + time.perf_counter() - t}\t{desc}")
+    ix.build_seconds = spent + time.perf_counter() - t
 
 
 class _Plain:
@@ -144,15 +200,22 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=64, help="IVF-SQ8 nprobe for the main row")
     ap.add_argument("--sweep", default="", help="widths to sweep per kind, e.g. hnsw:96,192,384;ivfsq:32,64,128")
     ap.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0 = all)")
+    ap.add_argument("--checkpoint", type=int, default=CHUNK, help="faces added between two checkpoints (--store)")
+    ap.add_argument("--build-only", action="store_true", help="build (or resume) the kinds into --store and stop")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="folder keeping built indexes (not the baseline) between runs: a kind already built for "
+                         "this pack, size and efConstruction is loaded instead of built again (its build time is "
+                         "then the one recorded when it was built)")
     args = ap.parse_args()
+    if args.build_only and not args.store:
+        ap.error("--build-only needs --store")
+    if args.store:
+        args.store.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    gal, queries, mates = gallery(args.pack, args.size, args.queries, 0)
+    faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
+    gal, queries, truth, mates = gallery(args.pack, args.size, args.queries, 0, args.store)
     print(f"# {args.pack}: gallery {len(gal):,} x {gal.shape[1]} (real + synthetic), {len(queries)} queries, "
           f"load {os.getloadavg()}", flush=True)
-    flat = faiss.IndexFlatIP(gal.shape[1])
-    flat.add(gal)
-    _, truth = flat.search(queries, 10)
-    del flat
     sweeps = {}
     for part in filter(None, args.sweep.split(";")):
         name, ws = part.split(":")
@@ -160,9 +223,24 @@ def main() -> None:
     built = {}
     for kind in args.kinds.split(","):
         faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
-        t = time.perf_counter()
-        ix, desc = build(kind, gal, args)
-        secs = time.perf_counter() - t
+        stored = args.store / f"{args.pack}-{args.size}-{kind}-efc{args.efc}" if args.store and kind != "base" \
+            else None
+        if stored is not None and (stored / "index").is_file():
+            ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True)
+            desc, secs = (stored / "built.txt").read_text().split("\t")
+            secs = float(secs)
+            print(f"  {kind}: loaded from {stored}", flush=True)
+        else:
+            t = time.perf_counter()
+            ix, desc = build(kind, gal, args, stored)
+            secs = getattr(ix, "build_seconds", time.perf_counter() - t)
+            if stored is not None:
+                ix.save(stored / "index")
+                (stored / "built.txt").write_text(f"{desc}\t{secs}")
+                shutil.rmtree(stored / "partial", ignore_errors=True)
+        if args.build_only:
+            print(f"  built {kind}: {desc} in {secs:.1f} s ({len(gal) / secs:,.0f} vectors/s)", flush=True)
+            continue
         folder = Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))
         ix.save(folder / "index")
         size = disk_bytes(folder)
@@ -181,6 +259,8 @@ def main() -> None:
               f"on disk ({size / len(gal):.0f} B/vector), open {' / '.join(f'{o:.2f}' for o in opens)} s "
               f"(read / mmap), RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
               flush=True)
+    if args.build_only:
+        return
     faiss.omp_set_num_threads(1)
     kinds = list(built)
     lat = {k: [] for k in kinds}

@@ -20,6 +20,7 @@ from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
+from faceindex.vectors.graph import auto_ef
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
@@ -87,6 +88,26 @@ def test_recall_floor_against_exact_search(kind):
     _, want = truth.search(queries, 10)
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())])
     assert recall >= (1.0 if kind == "exact" else 0.9), recall
+
+
+def test_auto_ef_search_grows_with_the_gallery_and_is_used_by_the_graph():
+    assert Settings().ef_search == "auto"
+    assert [auto_ef(n) for n in (1_000, 100_000, 1_000_000, 10_000_000)] == [64, 128, 405, 512]
+    rng = np.random.default_rng(3)
+    vecs = unit(rng, 500)
+    index = HnswIndex.empty(DIM)  # ef_search "auto"
+    index.add(np.arange(500), vecs)
+    assert index._params(10, None).efSearch == auto_ef(500) == 64
+    assert index._params(100, None).efSearch == 100  # never fewer candidates than results asked for
+    index.ef_search = 300
+    assert index._params(10, None).efSearch == 300
+    # auto recall on a small gallery: the floor the fixed-ef graph meets
+    truth = FaissIndex.exact(DIM)
+    truth.add(np.arange(500), vecs)
+    index.ef_search = "auto"
+    queries = unit(rng, 50)
+    got, want = index.search(queries, 10)[1], truth.search(queries, 10)[1]
+    assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]) >= 0.95
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])

@@ -118,7 +118,7 @@ class FaissIndex:
         os.replace(tmp, path)
 
 
-def load_index(path: Path, nprobe: int = 48, ef_search: int = 192,
+def load_index(path: Path, nprobe: int = 48, ef_search: int | str = "auto",
                mmap: bool = False) -> FaissIndex | Tombstoned:
     """Whichever kind of index `path` holds. `mmap`: map the fp16 re-rank sidecar instead of reading it (a
     quantised index opens without reading its largest part; pages load as searches touch them)."""

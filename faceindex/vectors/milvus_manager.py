@@ -23,6 +23,7 @@ from .manager import IndexManager
 from .milvus import MilvusIndex, MilvusURL
 
 WINDOW = 10_000
+MILVUS_AUTO_EF = 192  # ef_search "auto" on Milvus: its graph had recall@10 0.998 at 200k faces (benchmarks.md)
 
 
 class MilvusManager(IndexManager):
@@ -45,7 +46,8 @@ class MilvusManager(IndexManager):
         return f"milvus_synced:{self.url.host}:{self.url.port}/{self.url.collection(self.spec.key)}"
 
     def _load(self) -> MilvusIndex:
-        index = MilvusIndex(self.url, self.spec.key, self.spec.dim, ef_search=self.settings.ef_search,
+        ef = self.settings.ef_search
+        index = MilvusIndex(self.url, self.spec.key, self.spec.dim, ef_search=MILVUS_AUTO_EF if ef == "auto" else ef,
                             nprobe=self.settings.nprobe, alive=self._alive)
         try:
             index.scan = lambda: self.catalog.embeddings(dim=self.spec.dim)
