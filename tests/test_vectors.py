@@ -110,6 +110,42 @@ def test_auto_ef_search_grows_with_the_gallery_and_is_used_by_the_graph():
     assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]) >= 0.95
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq"])
+def test_a_mapped_graph_serves_then_reads_itself_in_on_the_first_add(tmp_path, kind):
+    """Opened with mmap, a graph reads its links only; its file may be replaced meanwhile (another process saved
+    a newer index); the first add reads the rest from the file it mapped, not from the new one."""
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, 1200)
+    index = make(kind, vecs[:1000], np.arange(1000))
+    index.save(tmp_path / "index")
+    mapped = load_index(tmp_path / "index", mmap=True)
+    assert mapped._mapped is not None
+    before = mapped.search(vecs[:20], 5)
+    np.testing.assert_array_equal(before[1], index.search(vecs[:20], 5)[1])
+    assert mapped.remove(np.arange(10)) == 10  # tombstones need no write to the mapped store
+    other = make(kind, vecs[:50], np.arange(5000, 5050))
+    other.save(tmp_path / "index")  # replaces the file under the mapping
+    mapped.add(np.arange(1000, 1200), vecs[1000:])
+    assert mapped._mapped is None
+    assert set(mapped.ids().tolist()) == set(range(10, 1200))
+    _, found = mapped.search(vecs[1000:1020], 1)
+    assert found[:, 0].tolist() == list(range(1000, 1020))
+    assert not set(mapped.search(vecs[:10], 10)[1].ravel().tolist()) & set(range(10))
+    mapped.save(tmp_path / "again")
+    assert set(load_index(tmp_path / "again").ids().tolist()) == set(range(10, 1200))
+
+
+def test_only_graphs_are_mapped(tmp_path):
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 300)
+    for kind in ("exact", "ivfsq"):
+        make(kind, vecs, np.arange(300)).save(tmp_path / kind)
+        again = load_index(tmp_path / kind, mmap=True)
+        assert getattr(again, "_mapped", None) is None
+        again.add(np.arange(300, 310), vecs[:10])  # stores that change in place are read, not mapped
+        assert again.count == 310
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
 def test_reused_id_replaces_the_old_entry_and_survives_a_reload(tmp_path, kind):
     rng = np.random.default_rng(2)

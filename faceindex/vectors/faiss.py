@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import faiss
@@ -118,10 +119,40 @@ class FaissIndex:
         os.replace(tmp, path)
 
 
+MAP_CODES = sys.platform == "linux"  # mapped graphs re-read their file through /proc/self/fd on the first add
+
+
+def _read_mapped(path: Path) -> tuple[faiss.IndexIDMap, int] | None:
+    """(the HNSW graph in `path` with its vectors / codes memory-mapped, an open descriptor of that file), or None
+    when the file holds another kind (read it the usual way: other kinds change their stores in place)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        index = faiss.read_index(f"/proc/self/fd/{fd}", faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError:
+        os.close(fd)
+        return None
+    if isinstance(index, faiss.IndexIDMap) and isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
+        return index, fd
+    del index
+    os.close(fd)
+    return None
+
+
 def load_index(path: Path, nprobe: int = 48, ef_search: int | str = "auto",
                mmap: bool = False) -> FaissIndex | Tombstoned:
-    """Whichever kind of index `path` holds. `mmap`: map the fp16 re-rank sidecar instead of reading it (a
-    quantised index opens without reading its largest part; pages load as searches touch them)."""
+    """Whichever kind of index `path` holds. `mmap`: map the graph's vectors or codes and the fp16 re-rank
+    sidecar instead of reading them (a graph opens reading its links only; pages load as searches touch them,
+    and the first add reads the rest, see `Tombstoned.map_codes`)."""
+    if mmap and MAP_CODES:
+        mapped = _read_mapped(path)
+        if mapped is not None:
+            index, fd = mapped
+            graph = load_graph(index, path, ef_search, nprobe, mmap)
+            graph.map_codes(fd)
+            return graph
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:
