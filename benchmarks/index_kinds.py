@@ -235,6 +235,7 @@ def main() -> None:
             ix, desc = build(kind, gal, args, stored)
             secs = getattr(ix, "build_seconds", time.perf_counter() - t)
             if stored is not None:
+                stored.mkdir(parents=True, exist_ok=True)
                 ix.save(stored / "index")
                 (stored / "built.txt").write_text(f"{desc}\t{secs}")
                 shutil.rmtree(stored / "partial", ignore_errors=True)
