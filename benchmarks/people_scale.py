@@ -277,7 +277,7 @@ def main() -> None:
         print(line(f"incremental ({tag})", r, quality(staged, truth, new_ids)), flush=True)
         print(f"{'':<22} {check_incremental(staged, truth, new_ids, named)}; "
               f"{json.loads(r['out'] or b'[]')[:1]}", flush=True)
-    shutil.rmtree(staged, ignore_errors=True)
+    # (the last copy stays, with its profile, for a closer look)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ Constraints: faces of one photo are never one person (cannot-link); `must` pairs
 separated (manual merges); `cannot` pairs never meet (manual splits); `frozen` groups keep their identity (faces
 already assigned to people), so that an incremental run only places new faces.
 
-The candidates are the k nearest neighbours of each face (exact below `exact_limit` faces, else an IVF index built
-for the job), kept where the similarity reaches the threshold: a mean can reach it only if one pair does.
+The candidates are the k nearest neighbours of each face (exact below `exact_limit` faces, else a join over
+coarse lists built for the job: `knn_pairs`), kept where the similarity reaches the threshold: a mean can reach
+it only if one pair does. Each round recomputes only the links of groups that merged in the round before.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ EXACT_LIMIT = 50_000  # exact k-NN below this many faces; an IVF index above
 KNN_NPROBE = 32  # IVF lists visited per face (k-NN graph above EXACT_LIMIT) ...
 KNN_DIMS = 0.375  # ... and PCA dimensions kept for the IVF search, as a share of the embedding's (at least 64)
 KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost grows as n^1.5; see benchmarks.md)
-JOIN_LISTS = 40  # the list join of knn_pairs (above EXACT_LIMIT): sqrt(JOIN_LISTS * n) lists ...
-JOIN_PROBE = 16  # ... each face meets the faces of its JOIN_PROBE nearest lists
+JOIN_LISTS = 20  # the list join of knn_pairs (above EXACT_LIMIT): sqrt(JOIN_LISTS * n) lists ...
+JOIN_PROBE = 16  # ... each face meets the faces of its JOIN_PROBE nearest lists ...
+JOIN_DIMS = 64  # ... chosen in this many PCA dimensions
 MAX_ROUNDS = 10_000  # a safety bound; real runs finish in tens of rounds
 
 
@@ -96,21 +98,22 @@ def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
 
 
 def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None = None,
-              exact_limit: int = EXACT_LIMIT, nprobe: int = JOIN_PROBE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              exact_limit: int | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k nearest faces of each query (default: every face) in `vecs` with similarity >= `floor`, as pairs
     (query row, face row, similarity), each query's pairs best first.
 
-    Exact (`knn_graph`) up to `exact_limit` faces. Above, a join over coarse lists instead of one search per face:
-    the faces are split into sqrt(JOIN_LISTS * queries) lists by k-means on a PCA projection to 64 dimensions, each
-    query is routed to its `nprobe` nearest lists, and every list meets all its queries in one matrix product on
-    the full vectors (exact similarities, so no re-scoring); pairs below `floor` are dropped at once. The cost
-    grows as n^1.5 like an IVF search, but the work is dense matrix products instead of per-face list scans.
-    On 100k LFW + look-alike faces it finds 0.955 of the exact k-NN pairs above the clustering floor (the IVF
-    search of `knn_graph`: 0.953) in a third of the time (docs/benchmarks.md).
+    Exact (`knn_graph`) up to `exact_limit` (default EXACT_LIMIT) faces. Above, a join over coarse lists rather
+    than one index search per face: the faces are split into sqrt(JOIN_LISTS * queries) lists by k-means on a PCA
+    projection (JOIN_DIMS), each query goes to its `nprobe` (JOIN_PROBE) nearest lists, and each list meets all
+    its queries in one matrix product on the full vectors (exact similarities: nothing to re-score); pairs below
+    `floor` are dropped at once. The cost grows as n^1.5 like an IVF search's, but as dense matrix products
+    instead of per-face list scans. An incremental run's few queries get few lists, so they do not pay for
+    sorting a million faces finely. Recall and time against `knn_graph`: docs/benchmarks.md ("People at scale").
     """
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     q = vecs if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     n, d = vecs.shape
+    exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
     if n <= exact_limit:
         sims, nbrs = knn_graph(vecs, k, queries=q, exact_limit=max(n, exact_limit))
         a = np.repeat(np.arange(len(q)), sims.shape[1])
@@ -120,9 +123,9 @@ def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None
     # more lists: less to scan per query, more to route it; sqrt(lists * queries) balances the two (a few new
     # faces of an incremental run need few lists, so they do not pay for sorting a million faces finely)
     nlist = max(JOIN_PROBE, min(int(np.sqrt(JOIN_LISTS * len(q))), n // 8))
-    nprobe = min(nprobe, nlist)
+    nprobe = min(nprobe or JOIN_PROBE, nlist)
     sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
-    pca = faiss.PCAMatrix(d, min(d, 64))
+    pca = faiss.PCAMatrix(d, min(d, JOIN_DIMS))
     pca.train(sample)
     km = faiss.Kmeans(pca.d_out, nlist, niter=6, seed=1, min_points_per_centroid=1, max_points_per_centroid=10**6)
     km.train(pca.apply(sample))
@@ -221,7 +224,7 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
             must: np.ndarray | None = None, cannot: np.ndarray | None = None,
             initial: np.ndarray | None = None, frozen: np.ndarray | None = None,
             edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-            exact_limit: int = EXACT_LIMIT) -> Clustering:
+            exact_limit: int | None = None) -> Clustering:
     """Cluster L2-normalised `vecs` by reciprocal average linkage at mean similarity >= `threshold`.
 
     - `image_ids`: faces sharing one never share a label.
