@@ -122,10 +122,10 @@ def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None
     rng = np.random.default_rng(0)
     # more lists: less to scan per query, more to route it; sqrt(lists * queries) balances the two (a few new
     # faces of an incremental run need few lists, so they do not pay for sorting a million faces finely)
-    nlist = max(JOIN_PROBE, min(int(np.sqrt(JOIN_LISTS * len(q))), n // 8))
+    nlist = min(n, max(JOIN_PROBE, min(int(np.sqrt(JOIN_LISTS * len(q))), n // 8)))
     nprobe = min(nprobe or JOIN_PROBE, nlist)
     sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
-    pca = faiss.PCAMatrix(d, min(d, JOIN_DIMS))
+    pca = faiss.PCAMatrix(d, min(d, JOIN_DIMS, len(sample)))
     pca.train(sample)
     km = faiss.Kmeans(pca.d_out, nlist, niter=6, seed=1, min_points_per_centroid=1, max_points_per_centroid=10**6)
     km.train(pca.apply(sample))
