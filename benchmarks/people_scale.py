@@ -7,18 +7,23 @@ clustered). About 1% more faces are kept aside as the "new" faces of the increme
 of each LFW person with 3+ images (people already known) and fresh distractor identities.
 
 Each step runs `python -m faceindex people ...` in a subprocess on a copy of the folder and reports wall
-seconds, CPU seconds (user + system) and peak RSS of that process (os.wait4), and its phases from a cProfile of
-the same run (engine open, catalog read, constraints, k-NN graph, rounds, write-back, listing):
+seconds, CPU seconds (user + system) and peak RSS of that process (/usr/bin/time), and its phases from a
+cProfile of the same run (engine open, catalog read, constraints, k-NN graph, rounds, write-back, listing):
 
 1. `people --full` with this checkout, and (`--baseline SRC`: a faceindex source tree, e.g. `git archive` of
-   main) with the code before, on the same folder: BCubed precision / recall / F of the scored LFW faces (the
-   face nearest each image's centre) as in benchmarks/people.py, and their ratio new / before.
+   main; run after this checkout's steps) with the code before, on the same folder: BCubed precision / recall /
+   F of the scored LFW faces (the face nearest each image's centre) as in benchmarks/people.py, and their ratio
+   new / before.
 2. The LFW people of the new faces are named (the person holding most of their faces, through the API), the new
    faces are bulk-added, and the incremental `people` (no --full) is timed: names kept, share of the new LFW
-   faces that joined their named person, and BCubed after it.
+   faces that joined their named person, and BCubed after it. The baseline's incremental run starts from the
+   same state (this checkout's full run, names and new faces).
+
+`--recall knn_pairs,knn_graph` also measures, in process, the share of the exact k-NN pairs above the
+clustering floor (of 2,000 random faces) that each k-NN method finds.
 
     python benchmarks/people_scale.py --size 100000 [--new 0.01] [--baseline /work/cache/faceindex-base]
-                                      [--folder /work/cache/people-scale-100000] [--keep]
+                                      [--folder /work/cache/people-scale-100000] [--recall knn_pairs,knn_graph]
 """
 
 from __future__ import annotations
@@ -124,18 +129,21 @@ def run_people(folder: Path, args: list[str], src: Path | None, prof: Path) -> d
     env = dict(os.environ, FACEINDEX_DATA=str(folder), FACEINDEX_ACTOR="bench")
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "faceindex", "people", *args,
-           "--json", "--limit", "3"]
+    # /usr/bin/time reports the child's own peak RSS (a child forked from this big process would inherit its
+    # high-water mark) and CPU seconds
+    timing = prof.with_suffix(".time")
+    cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(timing), sys.executable, "-m", "cProfile", "-o",
+           str(prof), "-m", "faceindex", "people", *args, "--json", "--limit", "3"]
     t = time.perf_counter()
     with open(prof.with_suffix(".out"), "wb") as fo, open(prof.with_suffix(".err"), "wb") as fe:
-        p = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, cwd="/")
-        _, status, ru = os.wait4(p.pid, 0)  # this child's own rusage (peak RSS, CPU)
-    p.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.call(cmd, env=env, stdout=fo, stderr=fe, cwd="/")
     wall = time.perf_counter() - t
     out = prof.with_suffix(".out").read_bytes()
-    if p.returncode:
-        sys.exit(f"faceindex people {' '.join(args)} failed ({p.returncode}):\n"
+    if code:
+        sys.exit(f"faceindex people {' '.join(args)} failed ({code}):\n"
                  f"{prof.with_suffix('.err').read_text()[-3000:]}")
+    _, user, system, kib = timing.read_text().split()[-4:]
+    ru = {"cpu": float(user) + float(system), "rss_gib": int(kib) / 2**20}
     return {"wall": wall, "ru": ru, "phases": phases(prof), "out": out}
 
 
@@ -167,9 +175,7 @@ def labels_of(folder: Path, ids: np.ndarray) -> np.ndarray:
 
 def line(tag: str, r: dict, q: dict | None) -> str:
     """One result row: wall, CPU, peak RSS, quality, then the phases."""
-    ru = r["ru"]
-    cpu = ru.ru_utime + ru.ru_stime if ru else float("nan")
-    rss = ru.ru_maxrss / 2**20 if ru else float("nan")
+    cpu, rss = r["ru"]["cpu"], r["ru"]["rss_gib"]
     qual = f" P {q['P']:.4f} R {q['R']:.4f} F {q['F']:.4f}" if q else ""
     ph = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items())
     return f"{tag:<22} wall {r['wall']:7.1f} s  cpu {cpu:7.1f} s  peak RSS {rss:5.2f} GiB{qual}\n{'':<22} {ph}"
@@ -223,14 +229,51 @@ def quality(folder: Path, truth: dict, new_ids: np.ndarray | None = None) -> dic
     return scores(labels_of(folder, ids), tr, sc)
 
 
+def pair_recall(folder: Path, k: int, sample: int, methods: list[str]) -> None:
+    """Recall of the k-NN pairs above the clustering floor, against exact search, for `sample` random faces."""
+    from faceindex import cluster
+    from faceindex.people import PER_FACE, RHO, Threshold
+
+    db = sqlite3.connect(folder / CATALOG_FILE)
+    blob = b"".join(r[0] for r in db.execute("SELECT embedding FROM faces ORDER BY id"))
+    db.close()
+    vecs = np.frombuffer(blob, np.float32).reshape(-1, packs.builtin()[MODEL].dim)
+    n = len(vecs)
+    cal = calibration.load(MODEL)
+    tau = Threshold(cal.threshold_for(max(cal.fmr_floor, min(1e-4, PER_FACE / n))), cal.threshold_for(0.5), RHO)
+    floor = float(tau.group)
+    rows = np.sort(np.random.default_rng(1).choice(n, sample, replace=False))
+    sim = vecs[rows] @ vecs.T
+    top = np.argsort(-sim, axis=1)[:, :k]
+    keep = np.take_along_axis(sim, top, 1) >= floor
+    truth = set(zip(np.repeat(rows, k)[keep.reshape(-1)].tolist(), top[keep].tolist()))
+    for method in methods:
+        t = time.perf_counter()
+        if method == "knn_graph":  # the IVF search used before (k-NN of every face, then the floor)
+            sims, nbrs = cluster.knn_graph(vecs, k)
+            a, b = np.repeat(np.arange(n), k), nbrs.reshape(-1)
+            ok = (b >= 0) & (sims.reshape(-1) >= floor)
+            a, b = a[ok], b[ok]
+        else:
+            a, b, _ = cluster.knn_pairs(vecs, k, floor)
+        secs = time.perf_counter() - t
+        sel = np.isin(a, rows)
+        found = set(zip(a[sel].tolist(), b[sel].tolist()))
+        print(f"k-NN pairs above the floor {floor:.4f}, {method}: recall {len(found & truth) / len(truth):.4f} "
+              f"({len(truth)} exact pairs of {sample} faces), {secs:.1f} s in process", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=100_000)
     ap.add_argument("--new", type=float, default=0.01, help="share of new faces for the incremental run")
     ap.add_argument("--folder", type=Path, help="the pristine data folder (built once; default under /work/cache)")
     ap.add_argument("--work", type=Path, help="where the copies run (default: FOLDER-run)")
-    ap.add_argument("--baseline", type=Path, help="a faceindex source tree to compare with (the code before)")
+    ap.add_argument("--baseline", type=Path, help="a faceindex source tree to compare with (the code before), "
+                                                  "run after this checkout's runs")
     ap.add_argument("--skip", default="", help="comma-separated steps to skip: full, incremental")
+    ap.add_argument("--recall", default="", help="also measure the k-NN pairs' recall (in process): "
+                                                 "knn_pairs,knn_graph")
     args = ap.parse_args()
     folder = args.folder or Path(f"/work/cache/people-scale-{args.size}")
     work = args.work or Path(str(folder) + "-run")
@@ -241,38 +284,42 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         build(folder, args.size, args.new)
     truth = dict(np.load(folder / "truth.npz"))
-    runs = [("before", args.baseline), ("now", None)] if args.baseline else [("now", None)]
+    if args.recall:
+        pair_recall(folder, 21, 2000, args.recall.split(","))
+    runs = [("now", None), ("before", args.baseline)] if args.baseline else [("now", None)]
     results: dict[str, dict] = {}
-    for tag, src in runs:
-        if "full" in skip:
-            break
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(folder, work)
-        r = run_people(work, ["--full"], src, work / "full.prof")
-        q = quality(work, truth)
-        results[tag] = q
-        print(line(f"full ({tag})", r, q), flush=True)
-    if len(results) == 2:
-        b, n = results["before"], results["now"]
-        print(f"quality now / before: P {n['P'] / b['P']:.4f} R {n['R'] / b['R']:.4f} F {n['F'] / b['F']:.4f}")
-    if "incremental" in skip:
-        return
-    if "full" in skip:  # the full run's result is needed: made once with this checkout
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(folder, work)
-        run_people(work, ["--full"], None, work / "full.prof")
-    named = name_people(work, truth)
-    cat = open_catalog(work / CATALOG_FILE)
-    try:
-        new_ids = write_faces(cat, truth["new_vecs"], np.full(len(truth["new_vecs"]), 0.9),
-                              packs.builtin()[MODEL].key, truth["new_image"])
-    finally:
-        cat.close()
-    print(f"{len(named)} people named; {len(new_ids)} new faces added", flush=True)
     staged = Path(str(work) + "-inc")
+    named: dict[int, str] = {}
+    new_ids = np.zeros(0, np.int64)
     for tag, src in runs:
+        # full: on a copy of the pristine folder; then (this checkout's result) names, new faces, incremental
+        into = work if tag == "now" else Path(str(work) + "-" + tag)
+        shutil.rmtree(into, ignore_errors=True)
+        shutil.copytree(folder, into)
+        if "full" not in skip or tag == "now":
+            r = run_people(into, ["--full"], src, into / "full.prof")
+            results[tag] = q = quality(into, truth)
+            if "full" not in skip:
+                print(line(f"full ({tag})", r, q), flush=True)
+        if tag != "now":
+            shutil.rmtree(into, ignore_errors=True)
+        if len(results) == 2:
+            b, n = results["before"], results["now"]
+            print(f"quality now / before: P {n['P'] / b['P']:.4f} R {n['R'] / b['R']:.4f} "
+                  f"F {n['F'] / b['F']:.4f}", flush=True)
+        if "incremental" in skip:
+            continue
+        if tag == "now":
+            named = name_people(work, truth)
+            cat = open_catalog(work / CATALOG_FILE)
+            try:
+                new_ids = write_faces(cat, truth["new_vecs"], np.full(len(truth["new_vecs"]), 0.9),
+                                      packs.builtin()[MODEL].key, truth["new_image"])
+            finally:
+                cat.close()
+            print(f"{len(named)} people named; {len(new_ids)} new faces added", flush=True)
         shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(work, staged)
+        shutil.copytree(work, staged)  # the same start for both: this checkout's full run, names, new faces
         r = run_people(staged, [], src, staged / "inc.prof")
         print(line(f"incremental ({tag})", r, quality(staged, truth, new_ids)), flush=True)
         print(f"{'':<22} {check_incremental(staged, truth, new_ids, named)}; "
