@@ -88,11 +88,15 @@ def run(fi: FaceIndex, full: bool = False) -> dict:
         old_coh = people_store.cohesion(fi.catalog)
         groups = []
         joined = 0
-        for lab in touched.tolist():
-            members = res.labels == lab
-            olds = np.unique(person[members & ~new])
+        # the faces of each touched group, from one sort (not one pass over every face per group)
+        rows = np.nonzero(np.isin(res.labels, touched))[0]
+        rows = rows[np.argsort(res.labels[rows], kind="stable")]
+        bounds = np.searchsorted(res.labels[rows], np.append(touched, touched[-1] + 1))
+        for i, lab in enumerate(touched.tolist()):
+            members = rows[bounds[i]:bounds[i + 1]]
+            olds = np.unique(person[members[~new[members]]])
             pid = int(olds[0]) if len(olds) else None
-            joined += int((members & new).sum()) if pid is not None else 0
+            joined += int(new[members].sum()) if pid is not None else 0
             c = float(res.cohesion[lab])
             if pid is not None:
                 c = min(c, old_coh.get(pid, 1.0))
