@@ -303,15 +303,16 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
         if not ready.any():
             break
         ra, rb, rs = pa[ready], pb[ready], score[ready]
-        # each group's best neighbour (ties broken by the smaller key, so both ends agree)
+        # each group's best neighbour (ties broken by the smaller group, so both ends agree): the best link per
+        # group, then the smallest neighbour among those that reach it (two scatters, no sort)
         src = np.concatenate([ra, rb])
         dst = np.concatenate([rb, ra])
         sc = np.concatenate([rs, rs])
-        o = np.lexsort((dst, -sc, src))
-        first = np.ones(len(o), bool)
-        first[1:] = src[o][1:] != src[o][:-1]
-        best = np.full(g, -1, np.int64)
-        best[src[o][first]] = dst[o][first]
+        top = np.full(g, -np.inf)
+        np.maximum.at(top, src, sc)
+        at_top = sc == top[src]
+        best = np.full(g, g, np.int64)
+        np.minimum.at(best, src[at_top], dst[at_top])
         mutual = best[rb] == ra
         mutual &= best[ra] == rb
         if not mutual.any():
