@@ -35,6 +35,7 @@ KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost gr
 JOIN_LISTS = 20  # the list join of knn_pairs (above EXACT_LIMIT): sqrt(JOIN_LISTS * n) lists ...
 JOIN_PROBE = 20  # ... each face meets the faces of its JOIN_PROBE nearest lists ...
 JOIN_DIMS = 64  # ... chosen in this many PCA dimensions
+JOIN_HOLD = 20_000_000  # pairs held before they are cut to each query's best k (memory)
 MAX_ROUNDS = 10_000  # a safety bound; real runs finish in tens of rounds
 
 
@@ -154,7 +155,7 @@ def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None
         fb.append(c + start[li])
         ss.append(sim[r, c])
         held += len(r)
-        if held > 20_000_000:  # keep memory bounded: only each query's best k so far can still be kept
+        if held > JOIN_HOLD:  # keep memory bounded: only each query's best k so far can still be kept
             kept = _best(np.concatenate(qa), np.concatenate(fb), np.concatenate(ss), k)
             qa, fb, ss = [kept[0]], [kept[1]], [kept[2]]
             held = len(kept[0])

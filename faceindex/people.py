@@ -170,8 +170,8 @@ def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1,
     """People by size, largest first; or, with sort="weakest", the least cohesive first (to review). Audited (one
     record naming the people listed), unless `audit` is False for a caller that records the listing itself."""
     fi._allow("people")
-    coh = people_store.cohesion(fi.catalog)
     rows = fi.catalog.people(None if sort == "weakest" else limit, min_faces)
+    coh = people_store.cohesion(fi.catalog, [r[0] for r in rows] if limit and sort == "size" else None)
     if sort == "weakest":
         def weakest(r: tuple) -> tuple:
             c = coh.get(r[0])

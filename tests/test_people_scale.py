@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from faceindex import cluster
 from faceindex.cluster import Threshold, _keys, group_faces, knn_pairs
 
 D = 64
@@ -30,7 +31,7 @@ def _exact(vecs: np.ndarray, queries: np.ndarray, k: int, floor: float) -> set[t
 
 
 @pytest.mark.parametrize("subset", [False, True])
-def test_list_join_finds_the_pairs_above_the_floor(subset):
+def test_list_join_finds_the_pairs_above_the_floor(subset, monkeypatch):
     rng = np.random.default_rng(7)
     vecs, _ = _gallery(rng, 600, 5)
     queries = vecs[rng.choice(len(vecs), 300, replace=False)] if subset else None
@@ -45,6 +46,9 @@ def test_list_join_finds_the_pairs_above_the_floor(subset):
     truth = _exact(vecs, q, k, floor)
     found = set(zip(a.tolist(), b.tolist()))
     assert len(found & truth) >= 0.95 * len(truth), len(found & truth) / len(truth)
+    monkeypatch.setattr(cluster, "JOIN_HOLD", 500)  # pairs cut to each query's best k along the way: the same
+    cut = knn_pairs(vecs, k, floor, queries=queries, exact_limit=100)
+    assert all(np.array_equal(x, y) for x, y in zip(cut, (a, b, s)))
     if queries is None:  # exact below the limit: the same pairs as the flat search
         a2, b2, _ = knn_pairs(vecs, k, floor)
         assert set(zip(a2.tolist(), b2.tolist())) == truth
