@@ -150,11 +150,12 @@ def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None
         if not len(who) or start[li] == start[li + 1]:
             continue
         sim = q[who] @ by_list[start[li]:start[li + 1]].T
-        r, c = np.nonzero(sim >= floor)
+        hit = np.flatnonzero(sim >= floor)
+        r, c = np.divmod(hit, sim.shape[1])
         qa.append(who[r])
         fb.append(c + start[li])
-        ss.append(sim[r, c])
-        held += len(r)
+        ss.append(sim.reshape(-1)[hit])
+        held += len(hit)
         if held > JOIN_HOLD:  # keep memory bounded: only each query's best k so far can still be kept
             kept = _best(np.concatenate(qa), np.concatenate(fb), np.concatenate(ss), k)
             qa, fb, ss = [kept[0]], [kept[1]], [kept[2]]
