@@ -286,6 +286,8 @@ def main() -> None:
     truth = dict(np.load(folder / "truth.npz"))
     if args.recall:
         pair_recall(folder, 21, 2000, args.recall.split(","))
+    if {"full", "incremental"} <= skip:
+        return
     runs = [("now", None), ("before", args.baseline)] if args.baseline else [("now", None)]
     results: dict[str, dict] = {}
     staged = Path(str(work) + "-inc")
