@@ -269,14 +269,17 @@ def main() -> None:
     ap.add_argument("--per-face", type=float, default=0.0,
                     help="if set, the pair FMR is min(FMR, this / faces): a fixed number of chance matches per face")
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--nprobe", type=int, default=0, help="IVF lists visited by the k-NN graph (0: the default)")
-    ap.add_argument("--knn-dims", type=float, default=0.0, help="PCA share of dimensions for the k-NN (0: default)")
+    ap.add_argument("--nprobe", type=int, default=0,
+                    help="lists each face visits in the k-NN graph above 50k faces: knn_pairs (rac) and the IVF "
+                         "search of knn_graph (cw, single) (0: the defaults)")
+    ap.add_argument("--knn-dims", type=float, default=0.0,
+                    help="PCA share of dimensions for knn_graph's IVF search (cw, single; 0: default)")
     ap.add_argument("--calibration", type=Path, help="a calibration table file (default: the one faceindex ships)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
     if args.nprobe:
-        cluster_mod.KNN_NPROBE = args.nprobe
+        cluster_mod.KNN_NPROBE = cluster_mod.JOIN_PROBE = args.nprobe
     if args.knn_dims:
         cluster_mod.KNN_DIMS = args.knn_dims
     d = load_or_embed(args.model, args.workers)

@@ -335,11 +335,11 @@ def people(
         return
     with _open() as fi:
         if full or fi.catalog.get_meta("people_generation") != str(fi.catalog.generation):
-            fi.cluster(full=full, purpose=purpose, case=case)
+            fi.cluster(full=full, purpose=purpose, case=case, limit=1)  # (listed below)
             with fi.catalog.transaction():
                 fi.catalog.set_meta("people_generation", str(fi.catalog.generation))
-        found = fi.people(min_faces=min_faces, sort="weakest" if weakest else "size", purpose=purpose,
-                           case=case)[:limit]
+        found = fi.people(limit, min_faces=min_faces, sort="weakest" if weakest else "size", purpose=purpose,
+                           case=case)
     if as_json:
         _emit_json([{"id": p.id, "name": p.name, "faces": p.face_count, "images": p.image_count,
                      "cohesion": p.cohesion, "cohesion_fmr": p.cohesion_fmr} for p in found])

@@ -16,8 +16,9 @@ Constraints: faces of one photo are never one person (cannot-link); `must` pairs
 separated (manual merges); `cannot` pairs never meet (manual splits); `frozen` groups keep their identity (faces
 already assigned to people), so that an incremental run only places new faces.
 
-The candidates are the k nearest neighbours of each face (exact below `exact_limit` faces, else an IVF index built
-for the job), kept where the similarity reaches the threshold: a mean can reach it only if one pair does.
+The candidates are the k nearest neighbours of each face (exact below `exact_limit` faces, else a join over
+coarse lists built for the job: `knn_pairs`), kept where the similarity reaches the threshold: a mean can reach
+it only if one pair does. Each round recomputes only the links of groups that merged in the round before.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ EXACT_LIMIT = 50_000  # exact k-NN below this many faces; an IVF index above
 KNN_NPROBE = 32  # IVF lists visited per face (k-NN graph above EXACT_LIMIT) ...
 KNN_DIMS = 0.375  # ... and PCA dimensions kept for the IVF search, as a share of the embedding's (at least 64)
 KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost grows as n^1.5; see benchmarks.md)
+JOIN_LISTS = 20  # the list join of knn_pairs (above EXACT_LIMIT): sqrt(JOIN_LISTS * n) lists ...
+JOIN_PROBE = 20  # ... each face meets the faces of its JOIN_PROBE nearest lists ...
+JOIN_DIMS = 64  # ... chosen in this many PCA dimensions
+JOIN_HOLD = 20_000_000  # pairs held before they are cut to each query's best k (memory)
 MAX_ROUNDS = 10_000  # a safety bound; real runs finish in tens of rounds
 
 
@@ -93,6 +98,84 @@ def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
     return sims, nbrs
 
 
+def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None = None,
+              exact_limit: int | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k nearest faces of each query (default: every face) in `vecs` with similarity >= `floor`, as pairs
+    (query row, face row, similarity), each query's pairs best first.
+
+    Exact (`knn_graph`) up to `exact_limit` (default EXACT_LIMIT) faces. Above, a join over coarse lists rather
+    than one index search per face: the faces are split into sqrt(JOIN_LISTS * queries) lists by k-means on a PCA
+    projection (JOIN_DIMS), each query goes to its `nprobe` (JOIN_PROBE) nearest lists, and each list meets all
+    its queries in one matrix product on the full vectors (exact similarities: nothing to re-score); pairs below
+    `floor` are dropped at once. The cost grows as n^1.5 like an IVF search's, but as dense matrix products
+    instead of per-face list scans. An incremental run's few queries get few lists, so they do not pay for
+    sorting a million faces finely. Recall and time against `knn_graph`: docs/benchmarks.md ("People at scale").
+    """
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    q = vecs if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
+    n, d = vecs.shape
+    exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
+    if n <= exact_limit:
+        sims, nbrs = knn_graph(vecs, k, queries=q, exact_limit=max(n, exact_limit))
+        a = np.repeat(np.arange(len(q)), sims.shape[1])
+        ok = (nbrs.reshape(-1) >= 0) & (sims.reshape(-1) >= floor)
+        return a[ok], nbrs.reshape(-1)[ok], sims.reshape(-1)[ok]
+    rng = np.random.default_rng(0)
+    # more lists: less to scan per query, more to route it; sqrt(lists * queries) balances the two (a few new
+    # faces of an incremental run need few lists, so they do not pay for sorting a million faces finely)
+    nlist = min(n, max(JOIN_PROBE, min(int(np.sqrt(JOIN_LISTS * len(q))), n // 8)))
+    nprobe = min(nprobe or JOIN_PROBE, nlist)
+    sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
+    pca = faiss.PCAMatrix(d, min(d, JOIN_DIMS, len(sample)))
+    pca.train(sample)
+    km = faiss.Kmeans(pca.d_out, nlist, niter=6, seed=1, min_points_per_centroid=1, max_points_per_centroid=10**6)
+    km.train(pca.apply(sample))
+    # each face's list, and each query's nprobe lists (the queries are the faces on a full run)
+    _, probes = km.index.search(pca.apply(q), nprobe)
+    home = probes[:, 0] if queries is None else km.index.search(pca.apply(vecs), 1)[1][:, 0]
+    order = np.argsort(home, kind="stable")
+    start = np.searchsorted(home[order], np.arange(nlist + 1))
+    by_list = vecs[order]  # the faces list by list: each list one contiguous block
+    lists = probes.reshape(-1)
+    o = np.argsort(lists, kind="stable")
+    asking = (o // nprobe).astype(np.int64)  # the queries of each list, list by list
+    qstart = np.searchsorted(lists[o], np.arange(nlist + 1))
+    del probes, lists, o
+    qa: list[np.ndarray] = []
+    fb: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
+    held = 0
+    for li in range(nlist):
+        who = asking[qstart[li]:qstart[li + 1]]
+        if not len(who) or start[li] == start[li + 1]:
+            continue
+        sim = q[who] @ by_list[start[li]:start[li + 1]].T
+        hit = np.flatnonzero(sim >= floor)
+        r, c = np.divmod(hit, sim.shape[1])
+        qa.append(who[r])
+        fb.append(c + start[li])
+        ss.append(sim.reshape(-1)[hit])
+        held += len(hit)
+        if held > JOIN_HOLD:  # keep memory bounded: only each query's best k so far can still be kept
+            kept = _best(np.concatenate(qa), np.concatenate(fb), np.concatenate(ss), k)
+            qa, fb, ss = [kept[0]], [kept[1]], [kept[2]]
+            held = len(kept[0])
+    if not qa:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    a, b, s = _best(np.concatenate(qa), np.concatenate(fb), np.concatenate(ss), k)
+    return a, order[b], s
+
+
+def _best(a: np.ndarray, b: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's (a) k best pairs, best first, queries ascending."""
+    # one sort on query + (1 - similarity) (< 4): exact for a < 2^20 queries to ~1e-9, under float32's resolution
+    o = np.argsort(a * 4.0 + (1.0 - s.astype(np.float64)), kind="stable")
+    a, b, s = a[o], b[o], s[o]
+    rank = np.arange(len(a)) - np.searchsorted(a, a)
+    keep = rank < k
+    return a[keep], b[keep], s[keep]
+
+
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected-component labels (0..m-1) of n nodes joined by edges a-b (vectorised label propagation)."""
     label = np.arange(n)
@@ -143,7 +226,7 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
             must: np.ndarray | None = None, cannot: np.ndarray | None = None,
             initial: np.ndarray | None = None, frozen: np.ndarray | None = None,
             edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-            exact_limit: int = EXACT_LIMIT) -> Clustering:
+            exact_limit: int | None = None) -> Clustering:
     """Cluster L2-normalised `vecs` by reciprocal average linkage at mean similarity >= `threshold`.
 
     - `image_ids`: faces sharing one never share a label.
@@ -171,10 +254,12 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
     label = components(int(start.max()) + 1, start[mx[:, 0]], start[mx[:, 1]])[start]
     g = int(label.max()) + 1
     if g == n:  # every face on its own (the usual start): the sums are the faces
-        sums = vecs[np.argsort(label)].copy()
-    else:  # float32: 1M faces x 256 dims in 1 GB
+        sums = vecs[np.argsort(label)]  # (a new array: fancy indexing copies)
+    else:  # float32: 1M faces x 256 dims in 1 GB; faces alone in their group copied, the others added up
         sums = np.zeros((g, vecs.shape[1]), np.float32)
-        np.add.at(sums, label, vecs)
+        alone = np.bincount(label, minlength=g)[label] == 1
+        sums[label[alone]] = vecs[alone]
+        np.add.at(sums, label[~alone], vecs[~alone])
     size = np.bincount(label, minlength=g).astype(np.float64)
     is_frozen = np.zeros(g, bool)
     if frozen is not None:
@@ -193,47 +278,50 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
 
     # candidate pairs above the threshold
     if edges is None:
-        sims, nbrs = knn_graph(vecs, k + 1, exact_limit=exact_limit)
-        a = np.repeat(np.arange(n), nbrs.shape[1])
-        b = nbrs.reshape(-1)
-        s = sims.reshape(-1)
+        a, b, s = knn_pairs(vecs, k + 1, floor, exact_limit=exact_limit)
     else:
         a, b, s = (np.asarray(x) for x in edges)
     ok = (b >= 0) & (s >= floor)
     pa, pb = label[a[ok]], label[b[ok].astype(np.int64)]
     keys = np.unique(_keys(pa, pb, g))
     keys = keys[keys // g != keys % g]
+    pa, pb = keys // g, keys % g
+    del keys, a, b, s, ok
+    # each pair's link is computed once and again only when one of its groups merged: the others' sums are as
+    # they were; likewise the cannot-links need checking only for pairs that are new (a merged group's)
+    score = _links(sums, size, pa, pb)
+    fresh = np.ones(len(pa), bool)
 
     rounds = 0
-    while len(keys) and rounds < MAX_ROUNDS:
+    while len(pa) and rounds < MAX_ROUNDS:
         rounds += 1
-        pa, pb = keys // g, keys % g
-        score = np.einsum("ij,ij->i", sums[pa], sums[pb]) / (size[pa] * size[pb])
         # below the floor a pair can never merge (a merged group's link is a weighted mean of its parts' links)
         bad = score < floor
         bad |= is_frozen[pa] & is_frozen[pb]
-        if len(cl):
-            bad |= np.isin(keys, _keys(label[cl[:, 0]], label[cl[:, 1]], g))
-        keys, pa, pb, score = keys[~bad], pa[~bad], pb[~bad], score[~bad]
+        check = np.nonzero(fresh & ~bad)[0]
+        if len(cl) and len(check):
+            bad[check] |= np.isin(_keys(pa[check], pb[check], g), _keys(label[cl[:, 0]], label[cl[:, 1]], g))
+        keep = ~bad
+        pa, pb, score = pa[keep], pb[keep], score[keep]
         ready = score >= bar.at(size[pa] * size[pb])
         if not ready.any():
             break
-        keys_all = keys
-        pa, pb, score = pa[ready], pb[ready], score[ready]
-        # each group's best neighbour (ties broken by the smaller key, so both ends agree)
-        src = np.concatenate([pa, pb])
-        dst = np.concatenate([pb, pa])
-        sc = np.concatenate([score, score])
-        o = np.lexsort((dst, -sc, src))
-        first = np.ones(len(o), bool)
-        first[1:] = src[o][1:] != src[o][:-1]
-        best = np.full(g, -1, np.int64)
-        best[src[o][first]] = dst[o][first]
-        mutual = best[pb] == pa
-        mutual &= best[pa] == pb
+        ra, rb, rs = pa[ready], pb[ready], score[ready]
+        # each group's best neighbour (ties broken by the smaller group, so both ends agree): the best link per
+        # group, then the smallest neighbour among those that reach it (two scatters, no sort)
+        src = np.concatenate([ra, rb])
+        dst = np.concatenate([rb, ra])
+        sc = np.concatenate([rs, rs])
+        top = np.full(g, -np.inf)
+        np.maximum.at(top, src, sc)
+        at_top = sc == top[src]
+        best = np.full(g, g, np.int64)
+        np.minimum.at(best, src[at_top], dst[at_top])
+        mutual = best[rb] == ra
+        mutual &= best[ra] == rb
         if not mutual.any():
             break  # cannot happen with a strict order, kept as a guard
-        ma, mb, ms = pa[mutual], pb[mutual], score[mutual]
+        ma, mb, ms = ra[mutual], rb[mutual], rs[mutual]
         # merge mb into ma (each group is in at most one mutual pair)
         sums[ma] += sums[mb]
         size[ma] += size[mb]
@@ -243,10 +331,30 @@ def group_faces(vecs: np.ndarray, image_ids: np.ndarray, threshold: float | Thre
         remap = np.arange(g)
         remap[mb] = ma
         label = remap[label]
-        keys = np.unique(_keys(remap[keys_all // g], remap[keys_all % g], g))
-        keys = keys[keys // g != keys % g]
+        moved = np.zeros(g, bool)
+        moved[ma] = True
+        moved[mb] = True
+        touched = moved[pa] | moved[pb]
+        nk = np.unique(_keys(remap[pa[touched]], remap[pb[touched]], g))
+        nk = nk[nk // g != nk % g]
+        na, nb = nk // g, nk % g
+        stay = ~touched
+        pa, pb = np.concatenate([pa[stay], na]), np.concatenate([pb[stay], nb])
+        score = np.concatenate([score[stay], _links(sums, size, na, nb)])
+        fresh = np.concatenate([np.zeros(int(stay.sum()), bool), np.ones(len(na), bool)])
     final, labels = np.unique(label, return_inverse=True)
     return Clustering(labels.astype(np.int64), cohesion[final], rounds)
+
+
+def _links(sums: np.ndarray, size: np.ndarray, pa: np.ndarray, pb: np.ndarray,
+           chunk: int = 65_536) -> np.ndarray:
+    """Average linkage of group pairs: the dot product of their sums over the product of their sizes (in chunks:
+    the gathered sums of a million pairs would take gigabytes)."""
+    out = np.empty(len(pa), np.float64)
+    for i in range(0, len(pa), chunk):
+        a, b = pa[i:i + chunk], pb[i:i + chunk]
+        out[i:i + chunk] = np.einsum("ij,ij->i", sums[a], sums[b]) / (size[a] * size[b])
+    return out
 
 
 def _photo_pairs(order: np.ndarray, sid: np.ndarray, same: np.ndarray) -> np.ndarray:

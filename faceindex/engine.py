@@ -301,10 +301,11 @@ class FaceIndex:
         return search.compare(self, fa, fb, name_a, name_b)
 
     # --- people ------------------------------------------------------------------------------------------------
-    def cluster(self, full: bool = False, *, purpose: str | None = None, case: str | None = None) -> list[Person]:
+    def cluster(self, full: bool = False, *, purpose: str | None = None, case: str | None = None,
+                limit: int | None = None) -> list[Person]:
         """Group searchable faces into people: new faces only, or all with `full`; names, reviewers' merges and
-        splits stay. Audited."""
-        return people.cluster(self, full, purpose=purpose, case=case)
+        splits stay. Returns the `limit` largest people (default all). Audited."""
+        return people.cluster(self, full, purpose=purpose, case=case, limit=limit)
 
     def people(self, limit: int | None = None, min_faces: int = 1, sort: str = "size", *,
                purpose: str | None = None, case: str | None = None, audit: bool = True) -> list[Person]:

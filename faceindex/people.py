@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import people_store, privacy
-from .cluster import Threshold, group_faces, knn_graph
+from .cluster import Threshold, group_faces, knn_pairs
 from .errors import CatalogError, PolicyError
 from .text import check_text
 from .types import Person
@@ -41,10 +41,12 @@ def _faces(fi: FaceIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids, image_ids = ids[keep], image_ids[keep]
     if not len(ids):
         return ids, image_ids, np.zeros((0, fi.spec.dim), np.float32)
-    got, vecs = fi.vectors.all_embeddings(ids.tolist())
-    if not np.array_equal(got, ids):
-        raise CatalogError("the catalog returned embeddings out of order")
-    return ids, image_ids, vecs
+    # one pass over every face (in id order) beats asking for the searchable ones by id, 900 at a time
+    got, vecs = fi.vectors.all_embeddings()
+    pos = np.searchsorted(got, ids)
+    if len(got) < len(ids) or not np.array_equal(got[np.minimum(pos, len(got) - 1)], ids):
+        raise CatalogError("the catalog changed while reading its faces: run again")
+    return ids, image_ids, vecs if len(got) == len(ids) else vecs[pos]
 
 
 def _constraints(fi: FaceIndex, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,19 +80,23 @@ def run(fi: FaceIndex, full: bool = False) -> dict:
             return {"mode": "incremental", "faces": 0, "joined": 0, "new_people": 0}
         _, initial = np.unique(np.where(new, -1, person), return_inverse=True)
         initial = np.where(new, -1, initial)
-        sims, nbrs = knn_graph(vecs, K + 1, queries=vecs[new])
-        a = np.repeat(np.nonzero(new)[0], nbrs.shape[1])
+        # only the new faces look for neighbours (among all faces): the old ones keep their people
+        a, b, s = knn_pairs(vecs, K + 1, float(tau.group), queries=vecs[new])
         res = group_faces(vecs, image_ids, tau, must=must, cannot=cannot, initial=initial, frozen=~new,
-                      edges=(a, nbrs.reshape(-1), sims.reshape(-1)))
+                      edges=(np.nonzero(new)[0][a], b, s))
         touched = np.unique(res.labels[new])
         old_coh = people_store.cohesion(fi.catalog)
         groups = []
         joined = 0
-        for lab in touched.tolist():
-            members = res.labels == lab
-            olds = np.unique(person[members & ~new])
+        # the faces of each touched group, from one sort (not one pass over every face per group)
+        rows = np.nonzero(np.isin(res.labels, touched))[0]
+        rows = rows[np.argsort(res.labels[rows], kind="stable")]
+        bounds = np.searchsorted(res.labels[rows], np.append(touched, touched[-1] + 1))
+        for i, lab in enumerate(touched.tolist()):
+            members = rows[bounds[i]:bounds[i + 1]]
+            olds = np.unique(person[members[~new[members]]])
             pid = int(olds[0]) if len(olds) else None
-            joined += int((members & new).sum()) if pid is not None else 0
+            joined += int(new[members].sum()) if pid is not None else 0
             c = float(res.cohesion[lab])
             if pid is not None:
                 c = min(c, old_coh.get(pid, 1.0))
@@ -141,13 +147,13 @@ def _mean_links(fi, face_sets: list[list[int]]) -> float:
 
 
 def cluster(fi: FaceIndex, full: bool = False, *, purpose: str | None = None,
-            case: str | None = None) -> list[Person]:
-    """Group faces into people (see `run`) and list them. Audited."""
+            case: str | None = None, limit: int | None = None) -> list[Person]:
+    """Group faces into people (see `run`) and list them (the `limit` largest). Audited."""
     fi._allow("people")
     summary = run(fi, full)
-    found = people(fi, audit=False)
-    fi._record("people.cluster", purpose, case, {"people": len(found), **summary,
-                                                  "gallery": fi._gallery_state()})
+    found = people(fi, limit, audit=False)
+    count = len(found) if not limit else people_store.count(fi.catalog)
+    fi._record("people.cluster", purpose, case, {"people": count, **summary, "gallery": fi._gallery_state()})
     return found
 
 
@@ -164,16 +170,19 @@ def people(fi: FaceIndex, limit: int | None = None, min_faces: int = 1,
     """People by size, largest first; or, with sort="weakest", the least cohesive first (to review). Audited (one
     record naming the people listed), unless `audit` is False for a caller that records the listing itself."""
     fi._allow("people")
-    samples = fi.catalog.sample_faces()
+    rows = fi.catalog.people(None if sort == "weakest" else limit, min_faces)
+    coh = people_store.cohesion(fi.catalog, [r[0] for r in rows] if limit and sort == "size" else None)
+    if sort == "weakest":
+        def weakest(r: tuple) -> tuple:
+            c = coh.get(r[0])
+            return (round(float(c), 5) if c is not None and r[2] >= 2 else 2.0, -r[2], r[0])
+        rows = sorted(rows, key=weakest)[:limit] if limit else sorted(rows, key=weakest)
+    # samples of the people listed only (a million people's would take longer than the listing)
+    samples = fi.catalog.sample_faces(person_ids=[r[0] for r in rows] if limit else None)
     hidden = privacy.opted_out(fi, [f for s in samples.values() for f in s])
-    coh = people_store.cohesion(fi.catalog)
-    rows = fi.catalog.people(None if sort == "weakest" else limit)
     out = [_person(fi, pid, name, n_faces, n_images, tuple(f for f in samples.get(pid, ()) if f not in hidden),
                    coh.get(pid))
-           for pid, name, n_faces, n_images in rows if n_faces >= min_faces]
-    if sort == "weakest":
-        out.sort(key=lambda p: (p.cohesion if p.cohesion is not None else 2.0, -p.face_count, p.id))
-        out = out[:limit] if limit else out
+           for pid, name, n_faces, n_images in rows]
     if audit:
         fi._record("people.list", purpose, case, {"people": [p.id for p in out], "min_faces": min_faces})
     return out

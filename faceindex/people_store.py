@@ -135,6 +135,11 @@ def store(cat: Catalog, groups: list[tuple[int | None, list[int], float]], repla
         return ids
 
 
+def count(cat: Catalog) -> int:
+    """How many people have faces."""
+    return int(cat.db.execute("SELECT COUNT(DISTINCT person_id) FROM faces WHERE person_id IS NOT NULL").fetchone()[0])
+
+
 def assignments(cat: Catalog) -> dict[int, int]:
     """Face id -> person id of every face in a person."""
     return dict(cat.db.execute("SELECT id, person_id FROM faces WHERE person_id IS NOT NULL").fetchall())

@@ -138,6 +138,9 @@ def test_people_move_name_sample(cat):
     assert name == "Ada" and sorted(r.id for r in recs) == sorted(ids[:3])
     other = cat.move_faces(ids[3:])
     assert other != pid and cat.counts()["people"] == 2
+    assert cat.people(min_faces=2) == [(pid, "Ada", 3, 1)] and cat.people(1, min_faces=1) == [(pid, "Ada", 3, 1)]
+    assert cat.sample_faces(2, person_ids=[other]) == {other: [ids[3]]}
+    assert cat.sample_faces(person_ids=[pid, other]) == cat.sample_faces() and cat.sample_faces(person_ids=[]) == {}
     with pytest.raises(NotFoundError):
         cat.name_person(10_000, "x")
 

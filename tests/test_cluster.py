@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceindex import FaceIndex
+from faceindex import FaceIndex, cluster
 from faceindex.cluster import components, group_faces
 
 from .conftest import LFW, lfw, needs_lfw, person_of
@@ -164,6 +164,10 @@ def test_each_person_found_and_cohesion_shown(fi):
         assert p.cohesion >= fi.calibration.threshold_for(0.01)  # no merge of dissimilar groups
     weakest = fi.people(min_faces=2, sort="weakest")
     assert [p.cohesion for p in weakest] == sorted(p.cohesion for p in found)
+    # a limited listing is the head of the whole one (samples fetched for the listed people only)
+    for sort, whole in (("size", found), ("weakest", weakest)):
+        assert fi.people(2, min_faces=2, sort=sort) == whole[:2]
+    assert fi.people(1, min_faces=N + 1) == [p for p in found if p.face_count >= N + 1][:1]
     assert fi.person(found[0].id)[0].cohesion == found[0].cohesion
 
 
@@ -197,7 +201,10 @@ def test_manual_merge_is_never_split(fi):
 
 
 @needs_lfw
-def test_incremental_add_joins_the_right_person(fi, tmp_path):
+@pytest.mark.parametrize("exact_limit", [None, 8], ids=["exact", "list-join"])
+def test_incremental_add_joins_the_right_person(fi, tmp_path, monkeypatch, exact_limit):
+    if exact_limit:  # the k-NN pairs of a large collection (cluster.knn_pairs's list join), full and incremental
+        monkeypatch.setattr(cluster, "EXACT_LIMIT", exact_limit)
     fi.cluster(full=True)
     before = {name: _main_person(fi, name) for name in (A, B, C)}
     members = {pid: _members(fi, pid) for pid in before.values()}

@@ -428,23 +428,29 @@ class Catalog(AccountsMixin):
     def person_names(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, name FROM people WHERE name IS NOT NULL").fetchall())
 
-    def people(self, limit: int | None = None) -> list[tuple[int, str | None, int, int]]:
-        """(id, name, faces, images) by size, largest first."""
+    def people(self, limit: int | None = None, min_faces: int = 1) -> list[tuple[int, str | None, int, int]]:
+        """(id, name, faces, images) of people with at least `min_faces` faces, by size, largest first."""
         sql = ("SELECT p.id, p.name, COUNT(f.id), COUNT(DISTINCT f.image_id) FROM people p "
-               "JOIN faces f ON f.person_id = p.id GROUP BY p.id ORDER BY COUNT(f.id) DESC, p.id")
+               "JOIN faces f ON f.person_id = p.id GROUP BY p.id HAVING COUNT(f.id) >= ? "
+               "ORDER BY COUNT(f.id) DESC, p.id")
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return self.db.execute(sql).fetchall()
+        return self.db.execute(sql, (int(min_faces),)).fetchall()
 
-    def sample_faces(self, per_person: int = 4) -> dict[int, list[int]]:
-        """The best-quality face ids of each person."""
-        rows = self.db.execute(
-            "SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
-            "ORDER BY quality DESC, id) AS rn FROM faces WHERE person_id IS NOT NULL) AS ranked WHERE rn <= ?",
-            (per_person,))
+    def sample_faces(self, per_person: int = 4, person_ids: list[int] | None = None) -> dict[int, list[int]]:
+        """The best-quality face ids of each person (or of the given people)."""
+        sql = ("SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
+               "ORDER BY quality DESC, id) AS rn FROM faces WHERE {}) AS ranked WHERE rn <= ?")
         out: dict[int, list[int]] = {}
-        for pid, fid in rows:
-            out.setdefault(pid, []).append(fid)
+        if person_ids is None:
+            chunks: Iterable[list[int]] = [[]]
+        else:
+            chunks = _chunks(list(person_ids), 900)
+        for chunk in chunks:
+            where = f"person_id IN ({','.join('?' * len(chunk))})" if person_ids is not None else \
+                "person_id IS NOT NULL"
+            for pid, fid in self.db.execute(sql.format(where), (*chunk, per_person)):
+                out.setdefault(pid, []).append(fid)
         return out
 
     def person(self, person_id: int) -> tuple[str | None, list[FaceRecord]]:
