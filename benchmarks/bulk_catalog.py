@@ -2,8 +2,7 @@
 
 One source, one image and one file per distinct image id, one face per row of the embeddings; everything in one
 transaction and with executemany, so a million faces take a minute or two rather than hours through `add`.
-Used by benchmarks/people_scale.py; benchmarks/search.py's `write_catalog` is the special case
-`write_faces(open_catalog(...), vecs, quality, RESNET_SPEC.key)` with one face per image.
+Used by benchmarks/people_scale.py and benchmarks/search.py (one face per image there).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -39,13 +38,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from faceindex.catalog import now, open_catalog
+from faceindex.catalog import open_catalog
 from faceindex.config import Settings
 from faceindex.engine import CATALOG_FILE, FaceIndex
 from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors.faiss import FaissIndex
 from faceindex.vectors.manager import INDEX_FILE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bulk_catalog import write_faces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw"
@@ -226,7 +228,6 @@ def q_row(label: str, x: np.ndarray) -> str:
 
 
 # --- catalog -----------------------------------------------------------------------------------------------------
-LANDMARKS = json.dumps([[640.0, 450.0], [610.0, 452.0], [690.0, 450.0], [720.0, 452.0], [665.0, 500.0]])
 
 
 def write_catalog(folder: Path, vecs: np.ndarray, quality: np.ndarray) -> None:
@@ -234,23 +235,7 @@ def write_catalog(folder: Path, vecs: np.ndarray, quality: np.ndarray) -> None:
     folder.mkdir(parents=True)
     cat = open_catalog(folder / CATALOG_FILE)
     try:
-        cat.check_model(RESNET_SPEC.key)
-        n = len(vecs)
-        ts = now()
-        with cat.transaction() as db:
-            src = db.execute("INSERT INTO sources(name, created_at) VALUES(?, ?)", ("bench", ts)).lastrowid
-            db.executemany(
-                "INSERT INTO images(id, sha256, size, width, height, face_count, added_at) VALUES(?,?,?,?,?,?,?)",
-                ((i, f"{i:064x}", 180_000, 1600, 1200, 1, ts) for i in range(1, n + 1)))
-            db.executemany(
-                "INSERT INTO files(id, source_id, path, image_id, size, mtime_ns, added_at) VALUES(?,?,?,?,?,?,?)",
-                ((i, src, f"/photos/{i // 1000:04d}/{i:07d}.jpg", i, 180_000, 0, ts) for i in range(1, n + 1)))
-            db.executemany(
-                "INSERT INTO faces(id, image_id, idx, x1, y1, x2, y2, landmarks, det_score, q_size, q_sharpness, "
-                "q_frontal, quality, embedding, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                ((i + 1, i + 1, 0, 600, 400, 760, 560, LANDMARKS, 1.2, 160, 300.0, 0.95, float(quality[i]),
-                  vecs[i].tobytes(), ts) for i in range(n)))
-            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        write_faces(cat, vecs, quality, RESNET_SPEC.key, first_id=1)
     finally:
         cat.close()
 
