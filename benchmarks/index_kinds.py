@@ -11,6 +11,13 @@ load of this shared machine), recall@10 vs exact search, same-person recall, and
 queries in one call, all threads).
 
     python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
+
+Large galleries: `--store DIR` keeps the gallery (a memory-mapped .npy written in chunks) and every built index
+there, and checkpoints a build every `--checkpoint` faces; a killed run resumes from its last checkpoint, and a
+finished build is loaded instead of built again. `--build-only` builds (or resumes) and stops:
+
+    nice -n 19 python benchmarks/index_kinds.py --pack dlib --size 10000000 --kinds hnswsq32 --store DIR --build-only
+    python benchmarks/index_kinds.py --pack dlib --size 10000000 --kinds hnswsq32 --store DIR
 """
 
 from __future__ import annotations
