@@ -107,38 +107,39 @@ def exact_top(gal: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 # --- the kinds ---------------------------------------------------------------------------------------------------
 def build(kind: str, gal: np.ndarray, args, stored: Path | None = None):
     """(index object with .search(q, k) -> (sims, ids), its description). With `stored`, the kinds other than the
-    baseline save a checkpoint there every CHUNK faces, and a build killed midway resumes from its last one."""
+    baseline save a checkpoint there every `--checkpoint` faces, and a build killed midway resumes from its last."""
     d = gal.shape[1]
     ids = np.arange(len(gal), dtype=np.int64)
-    partial = stored / "partial" if stored else None
-    if partial and (partial / "index").is_file():
-        done, spent, desc = (partial / "done.txt").read_text().split("\t")
-        ix = load_index(partial / "index", args.nprobe, args.ef)
-        print(f"    resuming {desc} at {int(done):,} faces", file=sys.stderr, flush=True)
-        _add_chunked(ix, ids, gal, int(done), partial, float(spent), desc, every=args.checkpoint)
-        return ix, desc
     if kind == "base":  # as benchmarks/search.py makes it: lists by the 200k training sample (2,048)
         base = FaissIndex.ivf(d, _sample(gal), 128)
         base.add(ids, gal)
         return _Plain(base.index, 128), f"IVF-Flat nlist={base.index.nlist} nprobe=128 (baseline)"
-    if kind.startswith("hnsw") and not kind.startswith("hnswsq"):
-        m = int(kind[4:] or 32)
-        ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef)
-        desc = f"HNSW-Flat M={m} efC={args.efc}"
-        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
-        return ix, desc
+    partial = stored / "partial" if stored else None
+    if partial and (partial / "index").is_file():
+        done, spent, desc = (partial / "done.txt").read_text().split("\t")
+        ix, start, spent = load_index(partial / "index", args.nprobe, args.ef), int(done), float(spent)
+        print(f"    resuming {desc} at {start:,} faces", file=sys.stderr, flush=True)
+    else:
+        ix, desc = _empty(kind, gal, args)
+        start, spent = 0, 0.0
+    _add_chunked(ix, ids, gal, start, partial, spent, desc, every=args.checkpoint)
+    return ix, desc
+
+
+def _empty(kind: str, gal: np.ndarray, args):
+    """(an empty index of `kind`, trained where it needs it, its description)."""
+    d = gal.shape[1]
     if kind.startswith("hnswsq"):
         m = int(kind[6:] or 32)
         ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef, codes="sq8")
-        desc = f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
         ix.train(_sample(gal))
-        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
-        return ix, desc
+        return ix, f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
+    if kind.startswith("hnsw"):
+        m = int(kind[4:] or 32)
+        return HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef), f"HNSW-Flat M={m} efC={args.efc}"
     if kind == "ivfsq":
         ix = IvfSqIndex.trained(d, _sample(gal), len(gal), nprobe=args.nprobe)
-        desc = f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
-        _add_chunked(ix, ids, gal, 0, partial, 0.0, desc, every=args.checkpoint)
-        return ix, desc
+        return ix, f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
     raise SystemExit(f"unknown kind {kind}")
 
 
