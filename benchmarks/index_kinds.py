@@ -12,6 +12,9 @@ queries in one call, all threads).
 
     python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
 
+A "p" after the prefix (`hnswp32`, `hnswsqp32`) builds the graph over the span of the training sample, as the
+engine does (`faceindex/vectors/graph.py: span_basis`).
+
 Large galleries: `--store DIR` keeps the gallery (a memory-mapped .npy written in chunks) and every built index
 there, and checkpoints a build every `--checkpoint` faces; a killed run resumes from its last checkpoint, and a
 finished build is loaded instead of built again. `--build-only` builds (or resumes) and stops:
@@ -129,14 +132,15 @@ def build(kind: str, gal: np.ndarray, args, stored: Path | None = None):
 def _empty(kind: str, gal: np.ndarray, args):
     """(an empty index of `kind`, trained where it needs it, its description)."""
     d = gal.shape[1]
-    if kind.startswith("hnswsq"):
-        m = int(kind[6:] or 32)
-        ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef, codes="sq8")
-        ix.train(_sample(gal))
-        return ix, f"HNSW-SQ8 M={m} efC={args.efc} + fp16 re-rank"
-    if kind.startswith("hnsw"):
-        m = int(kind[4:] or 32)
-        return HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef), f"HNSW-Flat M={m} efC={args.efc}"
+    for prefix, codes, name in (("hnswsq", "sq8", "HNSW-SQ8"), ("hnsw", "flat", "HNSW-Flat")):
+        if kind.startswith(prefix):  # hnsw32, hnswsq32; "p" after the prefix: over the span (hnswp32)
+            project = kind[len(prefix):].startswith("p")
+            m = int(kind[len(prefix):].lstrip("p") or 32)
+            ix = HnswIndex.empty(d, m=m, ef_construction=args.efc, ef_search=args.ef, codes=codes, project=project)
+            if codes == "sq8" or project:
+                ix.train(_sample(gal))
+            span = f"/{ix._basis().shape[1]}-d" if ix.projected else ""
+            return ix, f"{name}{span} M={m} efC={args.efc}" + (" + fp16 re-rank" if ix.quantised else "")
     if kind == "ivfsq":
         ix = IvfSqIndex.trained(d, _sample(gal), len(gal), nprobe=args.nprobe)
         return ix, f"IVF-SQ8 nlist={ix.nlist} + fp16 re-rank"
@@ -193,8 +197,26 @@ def set_width(ix, w: int) -> None:
         ix.nprobe = w
 
 
-def disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir())
+def allocated() -> int:
+    """Anonymous resident bytes of this process (what it allocated; mapped files are not counted)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def mapped_resident(folder: Path) -> int:
+    """Resident bytes of this process's mappings of files in `folder` (a mapped graph's vectors or codes, its
+    fp16 copy): the pages searches have touched."""
+    total, inside = 0, False
+    prefix = str(folder.resolve()) + "/"
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5].startswith(prefix)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1]) * 1024
+    return total
 
 
 def main() -> None:
@@ -233,6 +255,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
         stored = args.store / f"{args.pack}-{args.size}-{kind}-efc{args.efc}" if args.store and kind != "base" \
             else None
+        anon_before = allocated()
         if stored is not None and (stored / "index").is_file():
             ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True)
             desc, secs = (stored / "built.txt").read_text().split("\t")
@@ -250,24 +273,28 @@ def main() -> None:
         if args.build_only:
             print(f"  built {kind}: {desc} in {secs:.1f} s ({len(gal) / secs:,.0f} vectors/s)", flush=True)
             continue
-        folder = Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))
-        ix.save(folder / "index")
-        size = disk_bytes(folder)
+        anon = allocated() - anon_before
+        folder = stored if stored is not None else \
+            Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))
+        if stored is None:
+            ix.save(folder / "index")
+        size = sum(p.stat().st_size for p in folder.glob("index*"))
         opens = []
         if not isinstance(ix, _Plain):
-            for mmap in (False, True):
+            # reading a 10M-face graph whole would take 3+ GB more memory than the mapped one measured: not above 2 GB
+            for mmap in (False, True) if size < 2**31 else (True,):
                 t = time.perf_counter()
                 again = load_index(folder / "index", mmap=mmap)
                 opens.append(time.perf_counter() - t)
                 del again
-        for p in folder.iterdir():
-            p.unlink()
-        folder.rmdir()
-        built[kind] = (ix, desc, secs, size, opens)
+            opens = opens if len(opens) == 2 else [float("nan"), *opens]
+        if stored is None:
+            shutil.rmtree(folder)
+        built[kind] = (ix, desc, secs, size, opens, anon, stored)
         print(f"  built {kind}: {desc} in {secs:.1f} s ({len(gal) / secs:,.0f} vectors/s), {size / 2**20:.0f} MiB "
               f"on disk ({size / len(gal):.0f} B/vector), open {' / '.join(f'{o:.2f}' for o in opens)} s "
-              f"(read / mmap), RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
-              flush=True)
+              f"(read / mmap), allocated {anon / 2**30:.2f} GiB (mapped files not counted), peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
     if args.build_only:
         return
     faiss.omp_set_num_threads(1)
@@ -283,18 +310,23 @@ def main() -> None:
             found[k].append(ids[0])
     base_p50 = np.median(lat["base"]) if "base" in lat else float("nan")
     print(f"\n# single query, 1 thread, k=10, {len(queries)} queries interleaved; load {os.getloadavg()}")
-    print(f"{'kind':<40}{'build s':>9}{'MiB':>7}{'B/vec':>7}{'open s':>8}{'mmap s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    for k in kinds:
+        anon, stored = built[k][5], built[k][6]
+        touched = mapped_resident(stored) if stored is not None else 0
+        print(f"  {k}: resident {(anon + touched) / 2**30:.2f} GiB = {anon / 2**30:.2f} allocated on open + "
+              f"{touched / 2**30:.2f} of its mapped files touched by the searches")
+    print(f"{'kind':<46}{'build s':>9}{'MiB':>7}{'B/vec':>7}{'open s':>8}{'mmap s':>8}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'ratio':>7}{'rec@10':>8}{'same-p':>8}{'batch q/s':>10}")
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     for k in kinds:
-        ix, desc, secs, size, opens = built[k]
+        ix, desc, secs, size, opens = built[k][:5]
         f = np.stack(found[k])
         t = time.perf_counter()
         ix.search(queries, 10)
         qps = len(queries) / (time.perf_counter() - t)
         p50, p99 = np.median(lat[k]) * 1e3, np.quantile(lat[k], 0.99) * 1e3
         o = opens + [float("nan")] * (2 - len(opens))
-        print(f"{desc[:39]:<40}{secs:>9.1f}{size / 2**20:>7.0f}{size / len(gal):>7.0f}{o[0]:>8.2f}{o[1]:>8.2f}"
+        print(f"{desc[:45]:<46}{secs:>9.1f}{size / 2**20:>7.0f}{size / len(gal):>7.0f}{o[0]:>8.2f}{o[1]:>8.2f}"
               f"{p50:>8.2f}{p99:>8.2f}{p50 / 1e3 / base_p50:>7.2f}{recall_at_k(f, truth):>8.4f}"
               f"{mate_recall(f, truth, mates):>8.4f}{qps:>10.0f}", flush=True)
     faiss.omp_set_num_threads(1)

@@ -20,19 +20,33 @@ from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
-from faceindex.vectors.graph import auto_ef
+from faceindex.vectors.graph import SPAN_REBUILD, auto_ef, span_basis
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
+RANK = 20  # the span of the vectors the projected kinds ("...p") are given, as face embeddings leave dims unused
 
 
-def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    v = rng.normal(size=(n, dim)).astype(np.float32)
+def unit(rng: np.random.Generator, n: int, dim: int = DIM, rank: int | None = None) -> np.ndarray:
+    """n random unit vectors; with `rank`, inside a fixed random subspace of that many dimensions."""
+    v = rng.normal(size=(n, rank or dim))
+    if rank:
+        v = v @ np.linalg.qr(np.random.default_rng(7).normal(size=(dim, dim)))[0][:, :rank].T
+    v = v.astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def rank_of(kind: str) -> int | None:
+    return RANK if kind.endswith("p") else None
+
+
 def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
-    if kind == "exact":
+    if kind in ("hnswp", "hnswsqp"):  # a graph over the span of a training sample, as the manager makes them
+        index = HnswIndex.empty(vecs.shape[1], ef_search=64, codes="sq8" if kind == "hnswsqp" else "flat",
+                                project=True)
+        index.train(unit(np.random.default_rng(99), 8 * vecs.shape[1], vecs.shape[1], RANK))
+        assert index.projected
+    elif kind == "exact":
         index = FaissIndex.exact(vecs.shape[1])
     elif kind == "ivf":
         index = FaissIndex.ivf(vecs.shape[1], vecs, nprobe=64)
@@ -46,7 +60,7 @@ def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
     return index
 
 
-KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq"]
+KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq", "hnswp", "hnswsqp"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -54,7 +68,7 @@ KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq"]
 @given(seed=st.integers(0, 2**31), n=st.integers(40, 400), frac=st.floats(0.0, 0.9))
 def test_deleted_ids_are_never_returned(kind, seed, n, frac):
     rng = np.random.default_rng(seed)
-    vecs = unit(rng, n)
+    vecs = unit(rng, n, rank=rank_of(kind))
     ids = rng.choice(10 * n, size=n, replace=False).astype(np.int64)
     index = make(kind, vecs, ids)
     gone = rng.choice(ids, size=int(frac * n), replace=False)
@@ -75,7 +89,7 @@ def test_deleted_ids_are_never_returned(kind, seed, n, frac):
 @pytest.mark.parametrize("kind", KINDS)
 def test_recall_floor_against_exact_search(kind):
     rng = np.random.default_rng(1)
-    vecs = unit(rng, 3000)
+    vecs = unit(rng, 3000, rank=rank_of(kind))
     ids = np.arange(3000, dtype=np.int64) + 1
     index = make(kind, vecs, ids)
     index.remove(ids[::7])
@@ -83,7 +97,7 @@ def test_recall_floor_against_exact_search(kind):
     keep = np.ones(3000, bool)
     keep[::7] = False
     truth.add(ids[keep], vecs[keep])
-    queries = unit(rng, 100)
+    queries = unit(rng, 100)  # full-rank: the projected kinds' queries have energy outside the span
     _, got = index.search(queries, 10)
     _, want = truth.search(queries, 10)
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())])
@@ -110,12 +124,12 @@ def test_auto_ef_search_grows_with_the_gallery_and_is_used_by_the_graph():
     assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]) >= 0.95
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "hnswsq"])
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "hnswp"])
 def test_a_mapped_graph_serves_then_reads_itself_in_on_the_first_add(tmp_path, kind):
     """Opened with mmap, a graph reads its links only; its file may be replaced meanwhile (another process saved
     a newer index); the first add reads the rest from the file it mapped, not from the new one."""
     rng = np.random.default_rng(5)
-    vecs = unit(rng, 1200)
+    vecs = unit(rng, 1200, rank=rank_of(kind))
     index = make(kind, vecs[:1000], np.arange(1000))
     index.save(tmp_path / "index")
     mapped = load_index(tmp_path / "index", mmap=True)
@@ -146,10 +160,10 @@ def test_only_graphs_are_mapped(tmp_path):
         assert again.count == 310
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq"])
+@pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "ivfsq", "hnswp", "hnswsqp"])
 def test_reused_id_replaces_the_old_entry_and_survives_a_reload(tmp_path, kind):
     rng = np.random.default_rng(2)
-    vecs = unit(rng, 50)
+    vecs = unit(rng, 50, rank=rank_of(kind))
     index = make(kind, vecs, np.arange(50))
     index.remove([7])
     index.add([7], vecs[8:9])  # the catalog re-used id 7 for another face
@@ -159,6 +173,7 @@ def test_reused_id_replaces_the_old_entry_and_survives_a_reload(tmp_path, kind):
     for mmap in (False, True):
         again = load_index(tmp_path / "v.faiss", mmap=mmap)
         assert again.kind == index.kind and again.count == 50 and again.tombstones == 1
+        assert getattr(again, "projected", False) == getattr(index, "projected", False)
         assert np.array_equal(again.ids(), index.ids())
         assert sorted(again.search(vecs[8:9], 2)[1][0].tolist()) == [7, 8]
         again.add([99], vecs[20:21])  # adds after a (memory-mapped) load
@@ -181,6 +196,62 @@ def test_quantised_kinds_return_exact_scores():
         want = np.einsum("qkd,qd->qk", vecs[found], vecs[:50])
         assert np.abs(sims - want).max() < 2e-3
         assert (found[:, 0] == np.arange(50)).all()
+
+
+def test_span_basis_keeps_the_directions_in_use_and_only_when_it_pays():
+    rng = np.random.default_rng(11)
+    inside = unit(rng, 2000, 64, rank=40)
+    basis = span_basis(inside)
+    assert basis.shape == (64, 40)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(40), atol=1e-5)
+    q = unit(rng, 5, 64)  # any query: inner products with vectors in the span are kept
+    np.testing.assert_allclose((q @ basis) @ (inside[:50] @ basis).T, q @ inside[:50].T, atol=1e-5)
+    assert span_basis(unit(rng, 2000, 64)) is None  # full rank: nothing to gain
+    assert span_basis(unit(rng, 2000, 64, rank=60)) is None  # 60 of 64: less than 10% to gain
+    assert span_basis(inside[:300]) is None  # too few vectors to tell (< 8 d)
+
+
+@pytest.mark.parametrize("kind", ["hnswp", "hnswsqp"])
+def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_path, kind):
+    """Faces added after training with energy outside the span are still found (their projection guides the
+    graph) and scored on their whole vectors; enough of them ask for a rebuild on a fresh sample."""
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 1000, rank=RANK)
+    index = make(kind, vecs, np.arange(1000))
+    sims, found = index.search(vecs[:30], 5)
+    assert (found[:, 0] == np.arange(30)).all()
+    np.testing.assert_allclose(sims, np.einsum("qkd,qd->qk", vecs[found], vecs[:30]), atol=2e-3)
+    outside = 0.8 * vecs[:20] + 0.6 * unit(rng, 20)  # ~40% of their energy outside the span
+    outside /= np.linalg.norm(outside, axis=1, keepdims=True)
+    assert not index.needs_compaction()
+    index.add(np.arange(5000, 5020), outside)
+    sims, found = index.search(outside, 1)
+    assert found[:, 0].tolist() == list(range(5000, 5020))
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)  # the whole vector, not its shorter projection
+    assert SPAN_REBUILD * 1020 < 20 and index.needs_compaction()
+    index.save(tmp_path / "p")
+    again = load_index(tmp_path / "p", mmap=True)
+    assert again.projected and again.kind == index.kind
+    assert again.search(outside, 1)[1][:, 0].tolist() == list(range(5000, 5020))
+
+
+def test_the_manager_builds_graphs_over_the_span_of_a_sample(tmp_path):
+    rng = np.random.default_rng(14)
+    catalog, m = manager(tmp_path, exact_threshold=100)
+    vecs = unit(rng, 1200, 128, rank=64)
+    ids = fill(catalog, vecs)
+    m.index  # noqa: B018 - exact; the graph is built beside
+    m.wait()
+    assert m.index.kind == "hnsw" and m.index.projected and m.index.count == 1200
+    _, found = m.index.search(vecs[:20], 1)
+    assert found[:, 0].tolist() == ids[:20]
+    catalog.close()
+    catalog, m = manager(tmp_path / "full", exact_threshold=100)  # embeddings that fill their space
+    fill(catalog, unit(rng, 1200, 128))
+    m.index  # noqa: B018
+    m.wait()
+    assert m.index.kind == "hnsw" and not m.index.projected
+    catalog.close()
 
 
 # --- the manager over a real catalog -----------------------------------------------------------------------

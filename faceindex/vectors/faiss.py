@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from ..errors import CatalogError
-from .graph import HnswIndex, IvfSqIndex, Tombstoned, _as_ids, _as_vecs, load_graph
+from .graph import HnswIndex, IvfSqIndex, Tombstoned, _as_ids, _as_vecs, graph_of, load_graph
 
 __all__ = ["FaissIndex", "HnswIndex", "IvfSqIndex", "Tombstoned", "load_index"]
 
@@ -134,7 +134,7 @@ def _read_mapped(path: Path) -> tuple[faiss.IndexIDMap, int] | None:
     except RuntimeError:
         os.close(fd)
         return None
-    if isinstance(index, faiss.IndexIDMap) and isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
+    if isinstance(index, faiss.IndexIDMap) and graph_of(faiss.downcast_index(index.index)) is not None:
         return index, fd
     del index
     os.close(fd)

@@ -220,15 +220,15 @@ class IndexManager:
         return index
 
     def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
-        if kind == "hnsw":
-            return HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search)
-        # codes and lists are trained on a sample; the vectors then stream in (10M x 256 float32 is 10 GB)
+        # codes, lists and a graph's span are trained on a sample; the vectors then stream in (10M x 256 float32
+        # is 10 GB)
         ids = catalog.face_ids()
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
         sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
-        if kind == "hnswsq":
-            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search, codes="sq8")
+        if kind in ("hnsw", "hnswsq"):
+            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search,
+                                    codes="sq8" if kind == "hnswsq" else "flat", project=True)
             graph.train(sample)
             return graph
         self._trained_n = len(ids)
