@@ -1,8 +1,8 @@
 """The audit log's on-disk format: its SQLite schema and append-only triggers, and how a record is hashed.
 
-Kept apart from `audit.py` (which writes, reads and verifies the log) so that the format a verifier must
-reproduce is one short page: canonical JSON of the record's content, chained by the previous record's hash,
-sha256 or (keyed mode) HMAC-SHA256.
+Kept apart from `audit.py` (which writes and reads the log) and `audit_verify.py` (which checks it) so that
+the format a verifier must reproduce is one short page: canonical JSON of the record's content, chained by the
+previous record's hash, sha256 or (keyed mode) HMAC-SHA256.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+
+ZERO_HASH: Final = "0" * 64  # the prev_hash of record 1
+COLUMNS: Final = "seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash"
 
 _INFO_TABLE = """CREATE TABLE IF NOT EXISTS audit_info (
         name TEXT PRIMARY KEY,
