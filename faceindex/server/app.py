@@ -6,7 +6,6 @@ X-API-Key); the key's role decides what it may do and its name is the actor in t
 """
 
 
-import contextlib
 import io
 import logging
 import math
@@ -16,14 +15,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..engine import FaceIndex, key_actor
+from ..engine import FaceIndex
 from ..errors import (
     AccessDenied,
     CatalogError,
@@ -44,9 +42,9 @@ from ..errors import (
     NotFoundError,
     PolicyError,
 )
-from ..text import identity_key
-from . import routes_admin
+from . import routes_accountability, routes_admin, routes_people, routes_search
 from . import schemas as S
+from .context import Context, Principal
 from .guard import (
     FACES_PER_UNIT,
     IMAGE_REQUEST_COST,
@@ -59,13 +57,12 @@ from .guard import (
 )
 from .jobs import Jobs
 from .routes_overview import overview_router
+from .routes_search import NOTICE
 
 log = logging.getLogger("faceindex.server")
 STATIC = Path(__file__).parent / "static"
 IMAGE_ROUTE = re.compile(r"^/v1/faces/\d+/(crop|image)$")
 UPLOAD_SUFFIX = re.compile(r"\.(jpe?g|jpe|png|webp|bmp|tiff?|gif)$", re.IGNORECASE)  # images.IMAGE_SUFFIXES
-NOTICE = ("Results are candidate leads for a person to review, never identifications. FMR is the share of "
-          "different-person pairs scoring as high; expected false candidates = FMR x gallery size.")
 
 
 class ApiError(Exception):
@@ -99,22 +96,6 @@ ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": S.ErrorResponse, "desc
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-@dataclass
-class Principal:
-    key_id: int
-    name: str
-    role: str
-
-    @property
-    def actor(self) -> str:
-        return key_actor(self.name, self.key_id)
-
-    @property
-    def user(self) -> tuple[str, str]:
-        """The rate limiter's key: a user's several keys share one budget."""
-        return ("user", identity_key(self.name))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -271,8 +252,6 @@ def create_app(settings: Settings) -> FastAPI:
         engine.policy.check_purpose(purpose, case)
         return (purpose.strip() if purpose else None), (case.strip() if case else None)
 
-    Why = Annotated[tuple[str | None, str | None], Depends(why)]
-
     Who = Annotated[Principal, Depends(principal)]
 
     def as_(p: Principal) -> FaceIndex:
@@ -290,6 +269,11 @@ def create_app(settings: Settings) -> FastAPI:
         if not data:
             raise ApiError(422, "bad_image", f"{upload.filename or 'upload'} is empty")
         return data
+
+    ctx = Context(
+        settings=settings, engine=engine, lock=lock, jobs=jobs, principal=principal, why=why, as_=as_,
+        read_image=read_image, charge=charge, upload_pixels=upload_pixels, work=work, locked=locked,
+        searches=m_searches, error=ApiError, max_body=max_body, slug=_slug, image_suffix=UPLOAD_SUFFIX)
 
     # --- health, metrics, stats ------------------------------------------------------------------------------
     health = {"faces": 0}
@@ -326,163 +310,11 @@ def create_app(settings: Settings) -> FastAPI:
         return {"name": p.name, "role": p.role, "key_id": p.key_id, "actor": p.actor,
                 "permissions": sorted(PERMISSIONS[p.role]), "allowed_purposes": engine.policy.allowed_purposes}
 
-    # --- search, verify, faces -------------------------------------------------------------------------------
-    def face_out(f) -> S.FaceOut:
-        return S.FaceOut(index=f.index, box=f.box.as_list(), quality=f.quality.as_dict())
+    # --- search, verify, faces (routes_search.py) ---------------------------------------------------------------
+    app.include_router(routes_search.router(ctx))
 
-    @app.post("/v1/detect", response_model=list[S.FaceOut], tags=["search"])
-    async def detect(p: Who, image: Annotated[UploadFile, File()]) -> list[S.FaceOut]:
-        """Faces found in an image (to pick one before searching). Nothing is stored."""
-        data = await read_image(image)
-        fi = as_(p)
-        fi.allow_any("search", "verify", "privacy")
-        charge(p, pixels=upload_pixels(data))
-        return [face_out(f) for f in await work.run(locked, fi.faces, data)]
-
-    @app.post("/v1/search", response_model=S.SearchOut, tags=["search"])
-    async def search(p: Who, probe: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
-                     case: Annotated[str, Form()], top: Annotated[int, Form(ge=1, le=200)] = 10,
-                     face: Annotated[int | None, Form(ge=0)] = None,
-                     largest: Annotated[bool, Form()] = False) -> S.SearchOut:
-        """Candidate leads for the faces of a probe photo (or one face of it). Audited; the probe is not kept."""
-        data = await read_image(probe)
-        fi = as_(p)
-        fi.allow_any("search")
-        charge(p, pixels=upload_pixels(data))
-
-        def run() -> tuple:
-            results = fi.search(data, top, purpose=purpose, case=case, largest=largest and face is None, face=face)
-            return results, (fi.confirmations(case) if _safe_ref(case) else {})
-
-        results, confirmed = await work.run(locked, run)
-        m_searches.inc()
-        out = []
-        for r in results:
-            cands = []
-            for m in r.matches:
-                c = confirmed.get(m.face_id, {"confirmed_by": [], "status": "unconfirmed"})
-                cands.append(S.Candidate(
-                    rank=m.rank, face_id=m.face_id, similarity=round(m.similarity, 5), fmr=m.fmr,
-                    expected_false=m.expected_false, label=m.label, image_id=m.image_id, path=Path(m.path).name,
-                    source=m.source, box=m.box.as_list(), person_id=m.person_id, person_name=m.person_name,
-                    confirmed_by=c["confirmed_by"], confirmation=c["status"]))
-            out.append(S.ProbeOut(face=face_out(r.face), gallery_size=r.gallery_size,
-                                  expected_false_candidates=r.expected_false_candidates, candidates=cands))
-        return S.SearchOut(notice=NOTICE, model=fi.pack.name, purpose=purpose, case=case, results=out)
-
-    @app.post("/v1/verify", response_model=S.VerifyOut, tags=["search"])
-    async def verify(p: Who, a: Annotated[UploadFile, File()], b: Annotated[UploadFile, File()],
-                     purpose: Annotated[str, Form()], case: Annotated[str, Form()],
-                     face_a: Annotated[int | None, Form(ge=0, le=10_000, description="face of a (POST /v1/detect's "
-                                                       "index); default: the largest")] = None,
-                     face_b: Annotated[int | None, Form(ge=0, le=10_000, description="face of b")] = None,
-                     ) -> S.VerifyOut:
-        """Compare one face of each of two photos (the largest unless chosen). Audited with purpose and case."""
-        da, db = await read_image(a), await read_image(b)
-        as_(p).allow_any("verify")
-        charge(p, pixels=upload_pixels(da) + upload_pixels(db))
-        v = await work.run(locked, as_(p).verify, da, db, purpose=purpose, case=case, face_a=face_a, face_b=face_b)
-        return S.VerifyOut(model=as_(p).pack.name, similarity=round(v.similarity, 5), fmr=v.fmr, decision=v.label,
-                           same_person_candidate=v.same, face_a=face_out(v.face_a), face_b=face_out(v.face_b))
-
-    @app.post("/v1/confirmations", response_model=S.ConfirmOut, tags=["search"])
-    def confirm(p: Who, body: S.ConfirmIn) -> S.ConfirmOut:
-        """Confirm a candidate for a case: it shows as confirmed only after a second, different investigator."""
-        with lock:
-            return S.ConfirmOut(**as_(p).confirm(body.case, body.face_id))
-
-    @app.get("/v1/confirmations", tags=["search"])
-    def confirmations(p: Who, case: Annotated[str, Query(min_length=1, max_length=100)]) -> dict:
-        with lock:
-            return {str(k): v for k, v in as_(p).confirmations(case).items()}
-
-    @app.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}})
-    def face_crop(p: Who, face_id: int, why: Why, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
-        """A face's crop (JPEG). Audited: needs a purpose and a case; charged by the pixels of its photo."""
-        fi = as_(p)
-        fi.allow_any("search", "people", "privacy")
-        with lock:
-            pixels = engine.catalog.face_pixels(face_id)
-        charge(p, pixels=pixels)
-        with lock:
-            data = fi.face_crop(face_id, size=size, purpose=why[0], case=why[1])
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
-
-    @app.get("/v1/faces/{face_id}/image", tags=["faces"], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}})
-    def face_image(p: Who, face_id: int, why: Why) -> Response:
-        """The face's source image with the face outlined. Audited: needs a purpose and a case; charged by its
-        pixels."""
-        fi = as_(p)
-        fi.allow_any("search", "people", "privacy")
-        with lock:
-            pixels = engine.catalog.face_pixels(face_id)
-        charge(p, pixels=pixels)
-        with lock:
-            data = fi.face_in_image(face_id, purpose=why[0], case=why[1])
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
-
-    @app.delete("/v1/faces/{face_id}", status_code=204, tags=["faces"])
-    def delete_face(p: Who, face_id: int) -> Response:
-        with lock:
-            as_(p).delete_face(face_id)
-        return Response(status_code=204)
-
-    # --- people ----------------------------------------------------------------------------------------------
-    def person_out(x) -> S.PersonOut:
-        return S.PersonOut(id=x.id, name=x.name, faces=x.face_count, images=x.image_count,
-                           sample_face_ids=list(x.sample_face_ids), cohesion=x.cohesion, cohesion_fmr=x.cohesion_fmr)
-
-    @app.get("/v1/people", response_model=list[S.PersonOut], tags=["people"])
-    def people(p: Who, why: Why, min_faces: Annotated[int, Query(ge=1)] = 2,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-               sort: Annotated[Literal["size", "weakest"], Query(
-                   description="size: largest first; weakest: least cohesive first (review these)")] = "size",
-               ) -> list[S.PersonOut]:
-        """People by size or weakest first (audited: needs a purpose and a case)."""
-        with lock:
-            found = as_(p).people(limit=None, min_faces=min_faces, sort=sort, purpose=why[0], case=why[1])[:limit]
-        charge(p, faces=sum(len(x.sample_face_ids) for x in found), upfront=False)
-        return [person_out(x) for x in found]
-
-    @app.post("/v1/people/cluster", response_model=list[S.PersonOut], tags=["people"])
-    def cluster(p: Who, why: Why, full: Annotated[bool, Query(
-            description="re-cluster every face (default: only faces not yet in a person)")] = False,
-                ) -> list[S.PersonOut]:
-        """Group faces into people (audited: needs a purpose and a case)."""
-        with lock:
-            found = as_(p).cluster(full=full, purpose=why[0], case=why[1])[:100]
-        charge(p, faces=sum(x.face_count for x in found), upfront=False)
-        return [person_out(x) for x in found]
-
-    @app.get("/v1/people/{person_id}", response_model=S.PersonDetail, tags=["people"])
-    def person(p: Who, person_id: int, why: Why) -> S.PersonDetail:
-        """A person and their faces (audited: needs a purpose and a case)."""
-        with lock:
-            x, faces = as_(p).person(person_id, purpose=why[0], case=why[1])
-        charge(p, faces=len(faces), upfront=False)
-        return S.PersonDetail(**person_out(x).model_dump(), face_list=[
-            S.PersonFace(face_id=f.id, path=Path(f.path).name, source=f.source, box=f.box.as_list(),
-                         quality=round(f.quality, 3)) for f in faces])
-
-    @app.put("/v1/people/{person_id}/name", response_model=S.PersonOut, tags=["people"])
-    def name(p: Who, person_id: int, body: S.NameIn, why: Why) -> S.PersonOut:
-        """Name a person (audited: needs a purpose and a case)."""
-        with lock:
-            fi = as_(p)
-            fi.name_person(person_id, body.name, purpose=why[0], case=why[1])
-            return person_out(fi.person(person_id, audit=False)[0])
-
-    @app.post("/v1/people/merge", response_model=S.PersonOut, tags=["people"])
-    def merge(p: Who, body: S.MergeIn) -> S.PersonOut:
-        with lock:
-            return person_out(as_(p).merge_people(body.person_ids))
-
-    @app.post("/v1/people/{person_id}/split", response_model=S.PersonOut, tags=["people"])
-    def split(p: Who, person_id: int, body: S.SplitIn) -> S.PersonOut:
-        with lock:
-            return person_out(as_(p).split_person(person_id, body.face_ids))
+    # --- people (routes_people.py) --------------------------------------------------------------------------------
+    app.include_router(routes_people.router(ctx))
 
     # --- sources and ingest ------------------------------------------------------------------------------------
     @app.get("/v1/sources", tags=["ingest"])
@@ -538,98 +370,10 @@ def create_app(settings: Settings) -> FastAPI:
         return j.out()
 
     # --- admin: sources, jobs, chunked uploads, policy (routes_admin.py) ---------------------------------------------
-    app.include_router(routes_admin.router(routes_admin.Context(
-        settings=settings, engine=engine, lock=lock, jobs=jobs, principal=principal, as_=as_, read_image=read_image,
-        charge=charge, upload_pixels=upload_pixels, error=ApiError, max_body=max_body, slug=_slug,
-        image_suffix=UPLOAD_SUFFIX)))
+    app.include_router(routes_admin.router(ctx))
 
-    # --- privacy ---------------------------------------------------------------------------------------------
-    @app.post("/v1/optouts", tags=["privacy"])
-    async def optout_add(p: Who, photos: Annotated[list[UploadFile], File()],
-                         reference: Annotated[str, Form()]) -> dict:
-        blobs = [await read_image(f) for f in photos]
-        as_(p).allow_any("privacy")
-        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        return await work.run(locked, as_(p).optout_add, blobs, reference)
-
-    @app.get("/v1/optouts", tags=["privacy"])
-    def optouts(p: Who) -> list[dict]:
-        with lock:
-            return as_(p).optouts()
-
-    @app.delete("/v1/optouts/{reference}", status_code=204, tags=["privacy"])
-    def optout_remove(p: Who, reference: str) -> Response:
-        with lock:
-            as_(p).optout_remove(reference)
-        return Response(status_code=204)
-
-    @app.post("/v1/access", tags=["privacy"])
-    async def access(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()],
-                     purpose: Annotated[str | None, Form(description='must be "data-subject-request"')] = None,
-                     format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
-        """A subject access report for a data-subject request (purpose "data-subject-request", its reference):
-        the faces held that match the person, with source, legal basis and file name. Audited."""
-        blobs = [await read_image(f) for f in photos]
-        as_(p).allow_any("privacy")
-        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        fi = as_(p)
-
-        def run() -> dict | HTMLResponse:
-            report = fi.access(blobs, reference, purpose=purpose)
-            if format != "html":
-                return report
-            from ..report import access_html
-
-            thumbs = {}
-            for f in report["faces"]:
-                with contextlib.suppress(FaceIndexError):
-                    thumbs[f["face_id"]] = fi.face_crop(f["face_id"], size=96, audit=False)
-            return HTMLResponse(access_html(report, thumbs))
-
-        return await work.run(locked, run)
-
-    @app.post("/v1/erase", tags=["privacy"])
-    async def erase(p: Who, photos: Annotated[list[UploadFile], File()], reference: Annotated[str, Form()]) -> dict:
-        blobs = [await read_image(f) for f in photos]
-        as_(p).allow_any("privacy")
-        charge(p, pixels=sum(upload_pixels(b) for b in blobs))
-        return await work.run(locked, as_(p).erase, blobs, reference)
-
-    # --- audit and keys ----------------------------------------------------------------------------------------
-    @app.get("/v1/audit", tags=["audit"])
-    def audit(p: Who, case: str | None = None, actor: str | None = None, action: str | None = None,
-              since: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
-        with lock:
-            rows = as_(p).audit_show(case_ref=case, actor=actor, action=action, since=since, limit=limit,
-                                     newest_first=True)
-        return [r.as_dict() for r in rows]
-
-    @app.get("/v1/audit/verify", response_model=S.AuditVerifyOut, tags=["audit"])
-    def audit_verify(p: Who) -> S.AuditVerifyOut:
-        with lock:
-            res = as_(p).audit_verify()
-            seq, digest = engine.audit.head()
-        return S.AuditVerifyOut(ok=res.ok, records=res.records_checked, first_bad_seq=res.first_bad_seq,
-                                problem=res.problem, head=f"{seq}:{digest}")
-
-    @app.get("/v1/keys", response_model=list[S.KeyOut], tags=["keys"])
-    def keys(p: Who) -> list[S.KeyOut]:
-        with lock:
-            return [S.KeyOut(**{k: v for k, v in x.items() if k in S.KeyOut.model_fields}) for x in as_(p).api_keys()]
-
-    @app.post("/v1/keys", response_model=S.KeyCreated, status_code=201, tags=["keys"])
-    def create_key(p: Who, body: S.KeyIn) -> S.KeyCreated:
-        with lock:
-            fi = as_(p)
-            key_id, token = fi.create_key(body.name, body.role)
-            row = next(x for x in fi.api_keys() if x["id"] == key_id)
-        return S.KeyCreated(**{k: v for k, v in row.items() if k in S.KeyOut.model_fields}, token=token)
-
-    @app.delete("/v1/keys/{key_id}", status_code=204, tags=["keys"])
-    def revoke_key(p: Who, key_id: int) -> Response:
-        with lock:
-            as_(p).revoke_key(key_id)
-        return Response(status_code=204)
+    # --- privacy, audit and keys (routes_accountability.py) ---------------------------------------------------------
+    app.include_router(routes_accountability.router(ctx))
 
     app.include_router(overview_router(engine, jobs, lock, principal, as_))
 
@@ -648,6 +392,3 @@ def create_app(settings: Settings) -> FastAPI:
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", text).strip("._")
 
-
-def _safe_ref(ref: str) -> bool:
-    return bool(re.fullmatch(r"[\w\-.:]{1,100}", ref or "")) and not ref.startswith(".")

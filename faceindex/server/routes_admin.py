@@ -12,8 +12,6 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -24,35 +22,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
 from .. import privacy
-from ..config import Settings
 from ..engine import FaceIndex
 from ..policy import BASES
 from . import schemas as S
-from .jobs import Job, Jobs
+from .context import Context
+from .jobs import Job
 
 MAX_FILES_PER_REQUEST = 200  # files in one chunk; the web page sends fewer (see static/photos.js)
 CHUNK_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
     "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
-
-
-@dataclass
-class Context:
-    """What the admin routes share with app.py's create_app."""
-
-    settings: Settings
-    engine: FaceIndex
-    lock: Any  # the engine's RLock
-    jobs: Jobs
-    principal: Callable  # the dependency that authenticates and rate-limits a request
-    as_: Callable[[Any], FaceIndex]
-    read_image: Callable  # async (UploadFile) -> bytes, 413/415/422 on bad uploads
-    charge: Callable  # charge(p, pixels=...) for decoding work, 429 when over budget
-    upload_pixels: Callable[[bytes], int]
-    error: Callable[..., Exception]  # ApiError(status, code, message)
-    max_body: int
-    slug: Callable[[str], str]
-    image_suffix: Any  # compiled regex of the image suffixes the folder walk picks up
 
 
 @lru_cache(maxsize=1)
