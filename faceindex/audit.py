@@ -44,16 +44,16 @@ from types import TracebackType
 from typing import Any, Final
 
 from .audit_format import (
-    _INFO_TABLE,
-    _PG_TRIGGERS,
-    _TABLES,
-    _TRIGGERS,
     COLUMNS,
-    ZERO_HASH,
+    KEYED,
+    PLAIN,
     canonical_json,
-    key_fingerprint,
     record_hash,
+    setup_postgres,
+    setup_sqlite,
 )
+from .audit_format import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported with ZERO_HASH: callers import them here
+from .audit_format import ZERO_HASH as ZERO_HASH
 from .audit_verify import BAD_LINK as BAD_LINK  # the kinds of problem, re-exported: callers import them from here
 from .audit_verify import EDITED as EDITED
 from .audit_verify import GAP as GAP
@@ -62,13 +62,10 @@ from .audit_verify import MISSING as MISSING
 from .audit_verify import TRUNCATED as TRUNCATED
 from .audit_verify import AuditVerification, check_anchor, verify_chain
 from .catalog import is_postgres
-from .errors import AuditKeyError, CatalogError
+from .errors import CatalogError
 from .text import check_text
 
-SCHEMA_VERSION: Final = 2  # 2: audit_info (hash mode and key fingerprint)
 AUDIT_LOCK: Final = 0x6661636569647802  # PostgreSQL advisory lock serialising appends from every process
-PLAIN: Final = "sha256"
-KEYED: Final = "hmac-sha256"
 # An audit record is metadata; a body this large is almost certainly image data smuggled in by mistake.
 MAX_DETAILS_BYTES: Final = 1 << 20
 
@@ -240,67 +237,8 @@ class AuditLog:
         db.execute("COMMIT")
 
     def _setup(self) -> None:
-        if self.postgres:
-            self._setup_postgres()
-            return
         with self._transaction("IMMEDIATE") as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"audit log {self.path} has schema version {version}; "
-                    f"this faceindex knows version {SCHEMA_VERSION}"
-                )
-            if version == 0:
-                for statement in _TABLES:
-                    db.execute(statement)
-                # Only when the log is created: a head that disappears later must stay missing.
-                db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
-                info = {"mode": self.mode}
-                if self._key is not None:
-                    info["key_fingerprint"] = key_fingerprint(self._key)
-                db.executemany("INSERT OR IGNORE INTO audit_info (name, value) VALUES (?, ?)", info.items())
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:  # 1 -> 2: logs made before keyed mode are plain
-                db.execute(_INFO_TABLE)
-                db.execute("INSERT OR IGNORE INTO audit_info (name, value) VALUES ('mode', ?)", (PLAIN,))
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._check_mode(db)
-            for name, statement in _TRIGGERS.items():
-                db.execute(f"DROP TRIGGER IF EXISTS {name}")
-                db.execute(statement)
-
-    def _setup_postgres(self) -> None:
-        # The schema version is a row of audit_info (append-only like the rest); no row yet = a new log.
-        with self._transaction("IMMEDIATE") as db:
-            for statement in _TABLES:
-                db.execute(statement)
-            row = db.execute("SELECT value FROM audit_info WHERE name = 'schema_version'").fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"audit log {self.path} has schema version {row[0]}; this faceindex knows version {SCHEMA_VERSION}")
-            if row is None:
-                db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
-                info = {"mode": self.mode, "schema_version": str(SCHEMA_VERSION)}
-                if self._key is not None:
-                    info["key_fingerprint"] = key_fingerprint(self._key)
-                db.executemany("INSERT INTO audit_info (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                               info.items())
-            self._check_mode(db)
-            for statement in _PG_TRIGGERS:
-                db.execute(statement)
-
-    def _check_mode(self, db: sqlite3.Connection) -> None:
-        info = dict(db.execute("SELECT name, value FROM audit_info").fetchall())
-        mode = info.get("mode", PLAIN)
-        if mode == KEYED and self._key is None:
-            raise AuditKeyError(
-                f"audit log {self.path} is keyed (HMAC): set FACEINDEX_AUDIT_KEY or FACEINDEX_AUDIT_KEY_FILE")
-        if mode == KEYED and self._key is not None and info.get("key_fingerprint") != key_fingerprint(self._key):
-            raise AuditKeyError(f"audit log {self.path} was keyed with a different key than the one configured")
-        if mode != KEYED and self._key is not None:
-            raise AuditKeyError(
-                f"an audit key is configured but audit log {self.path} is not keyed; start a keyed chain with "
-                "`faceindex audit reset --reason ...`")
+            (setup_postgres if self.postgres else setup_sqlite)(db, self.path, self.mode, self._key)
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> AuditRecord:

@@ -1,4 +1,5 @@
-"""The audit log's on-disk format: its SQLite schema and append-only triggers, and how a record is hashed.
+"""The audit log's on-disk format: its schema and append-only triggers (created, upgraded and re-armed on every
+open, with the hash mode and key checked), and how a record is hashed.
 
 Kept apart from `audit.py` (which writes and reads the log) and `audit_verify.py` (which checks it) so that
 the format a verifier must reproduce is one short page: canonical JSON of the record's content, chained by the
@@ -10,9 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
 from collections.abc import Mapping
 from typing import Any, Final
 
+from .errors import AuditKeyError, CatalogError
+
+SCHEMA_VERSION: Final = 2  # 2: audit_info (hash mode and key fingerprint)
+PLAIN: Final = "sha256"
+KEYED: Final = "hmac-sha256"
 ZERO_HASH: Final = "0" * 64  # the prev_hash of record 1
 COLUMNS: Final = "seq, time, actor, role, action, purpose, case_ref, body, prev_hash, hash"
 
@@ -151,3 +158,68 @@ def record_hash(
 def key_fingerprint(key: bytes) -> str:
     """A short public fingerprint of an audit key (stored with the log; reveals nothing usable about the key)."""
     return hmac.new(key, b"faceindex audit key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def setup_sqlite(db: sqlite3.Connection, path: object, mode: str, key: bytes | None) -> None:
+    """Create (in `mode`) or upgrade the log's tables in `db`, inside the caller's write transaction; check the hash
+    mode and key (check_mode) and re-arm the triggers. CatalogError for a log newer than this faceindex."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise CatalogError(
+            f"audit log {path} has schema version {version}; "
+            f"this faceindex knows version {SCHEMA_VERSION}"
+        )
+    if version == 0:
+        for statement in _TABLES:
+            db.execute(statement)
+        # Only when the log is created: a head that disappears later must stay missing.
+        db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
+        info = {"mode": mode}
+        if key is not None:
+            info["key_fingerprint"] = key_fingerprint(key)
+        db.executemany("INSERT OR IGNORE INTO audit_info (name, value) VALUES (?, ?)", info.items())
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    elif version == 1:  # 1 -> 2: logs made before keyed mode are plain
+        db.execute(_INFO_TABLE)
+        db.execute("INSERT OR IGNORE INTO audit_info (name, value) VALUES ('mode', ?)", (PLAIN,))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    check_mode(db, path, key)
+    for name, statement in _TRIGGERS.items():
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+        db.execute(statement)
+
+
+def setup_postgres(db: Any, path: object, mode: str, key: bytes | None) -> None:
+    """As setup_sqlite, for the log's tables in a PostgreSQL database."""
+    # The schema version is a row of audit_info (append-only like the rest); no row yet = a new log.
+    for statement in _TABLES:
+        db.execute(statement)
+    row = db.execute("SELECT value FROM audit_info WHERE name = 'schema_version'").fetchone()
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise CatalogError(
+            f"audit log {path} has schema version {row[0]}; this faceindex knows version {SCHEMA_VERSION}")
+    if row is None:
+        db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (ZERO_HASH,))
+        info = {"mode": mode, "schema_version": str(SCHEMA_VERSION)}
+        if key is not None:
+            info["key_fingerprint"] = key_fingerprint(key)
+        db.executemany("INSERT INTO audit_info (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       info.items())
+    check_mode(db, path, key)
+    for statement in _PG_TRIGGERS:
+        db.execute(statement)
+
+
+def check_mode(db: Any, path: object, key: bytes | None) -> None:
+    """AuditKeyError unless `key` fits the log: none for a plain log, the one it was created with for a keyed one."""
+    info = dict(db.execute("SELECT name, value FROM audit_info").fetchall())
+    mode = info.get("mode", PLAIN)
+    if mode == KEYED and key is None:
+        raise AuditKeyError(
+            f"audit log {path} is keyed (HMAC): set FACEINDEX_AUDIT_KEY or FACEINDEX_AUDIT_KEY_FILE")
+    if mode == KEYED and key is not None and info.get("key_fingerprint") != key_fingerprint(key):
+        raise AuditKeyError(f"audit log {path} was keyed with a different key than the one configured")
+    if mode != KEYED and key is not None:
+        raise AuditKeyError(
+            f"an audit key is configured but audit log {path} is not keyed; start a keyed chain with "
+            "`faceindex audit reset --reason ...`")
