@@ -380,43 +380,7 @@ def evaluate(
     out.print(f"wrote {r['outputs']['json']} and {r['outputs']['png']}"
               + (" and installed the calibration" if write_calibration else ""), markup=False)
 
-# --- server and keys ---------------------------------------------------------------------------------------------
-@keys_app.command("create")
-def keys_create(
-    role: Annotated[str, typer.Option(help="admin, investigator, auditor or privacy-officer")],
-    name: Annotated[str, typer.Option(help="who or what uses the key (shown in the audit trail)")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Create an API key; its token is printed once and only its hash is stored."""
-    with _open() as fi:
-        key_id, token = fi.create_key(name, role)
-    if as_json:
-        _emit_json({"id": key_id, "name": name, "role": role, "token": token})
-    else:
-        out.print(f"key {key_id} ({role}, {shown(name)}): {token}\nstore it now: it cannot be shown again", markup=False)
-
-
-@keys_app.command("list")
-def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """API keys (never their tokens)."""
-    with _open() as fi:
-        rows = fi.api_keys()
-    if as_json:
-        _emit_json(rows)
-        return
-    for k in rows:
-        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else f"last used {k['last_used_at'] or 'never'}"
-        out.print(f"{k['id']}  {k['role']:<16} {shown(k['name'])}  fi_{k['prefix']}_…  {state}", markup=False)
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: int) -> None:
-    """Revoke an API key at once."""
-    with _open() as fi:
-        fi.revoke_key(key_id)
-    out.print(f"key {key_id} revoked", markup=False)
-
-
+# --- server ----------------------------------------------------------------------------------------------------
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",

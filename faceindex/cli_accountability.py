@@ -1,4 +1,5 @@
-"""`faceindex` accountability commands: opt-out, subject access, erasure, audit trail, sources, retention, policy."""
+"""`faceindex` accountability commands: opt-out, subject access, erasure, audit trail, sources, retention, policy,
+API keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import _emit_json, _fail, _open, app, err, out, state
+from .cli import _emit_json, _fail, _open, app, err, keys_app, out, state
 from .errors import CatalogError, FaceIndexError
 from .text import shown
 
@@ -286,3 +287,40 @@ def policy_set(key: str, value: str) -> None:
     with _open() as fi:
         new = fi.set_policy(**{key: parsed})
     out.print(f"policy {key} = {json.dumps(getattr(new, key))}", markup=False)
+
+
+# --- API keys (the keys group is made in cli.py, where its place among the commands is set) -----------------------
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, investigator, auditor or privacy-officer")],
+    name: Annotated[str, typer.Option(help="who or what uses the key (shown in the audit trail)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key; its token is printed once and only its hash is stored."""
+    with _open() as fi:
+        key_id, token = fi.create_key(name, role)
+    if as_json:
+        _emit_json({"id": key_id, "name": name, "role": role, "token": token})
+    else:
+        out.print(f"key {key_id} ({role}, {shown(name)}): {token}\nstore it now: it cannot be shown again", markup=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """API keys (never their tokens)."""
+    with _open() as fi:
+        rows = fi.api_keys()
+    if as_json:
+        _emit_json(rows)
+        return
+    for k in rows:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else f"last used {k['last_used_at'] or 'never'}"
+        out.print(f"{k['id']}  {k['role']:<16} {shown(k['name'])}  fi_{k['prefix']}_…  {state}", markup=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke an API key at once."""
+    with _open() as fi:
+        fi.revoke_key(key_id)
+    out.print(f"key {key_id} revoked", markup=False)
