@@ -13,7 +13,7 @@ queries in one call, all threads).
     python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
 
 A "p" after the prefix (`hnswp32`, `hnswsqp32`) builds the graph over the span of the training sample, as the
-engine does (`faceindex/vectors/graph.py: span_basis`).
+engine does (`faceindex/vectors/hnsw.py: span_basis`).
 
 Large galleries: `--store DIR` keeps the gallery (a memory-mapped .npy written in chunks) and every built index
 there, and checkpoints a build every `--checkpoint` faces; a killed run resumes from its last checkpoint, and a

@@ -20,7 +20,7 @@ from faceindex.models.dlib import RESNET_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
-from faceindex.vectors.graph import SPAN_REBUILD, auto_ef, span_basis
+from faceindex.vectors.hnsw import SPAN_REBUILD, auto_ef, span_basis
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32

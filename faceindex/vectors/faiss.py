@@ -6,6 +6,7 @@ See docs/architecture.md ("Vector index kinds") for how the kind is chosen and w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -15,7 +16,8 @@ import faiss
 import numpy as np
 
 from ..errors import CatalogError
-from .graph import HnswIndex, IvfSqIndex, Tombstoned, _as_ids, _as_vecs, graph_of, load_graph
+from .graph import IvfSqIndex, Tombstoned, _as_ids, _as_vecs, alive_path, fine_path
+from .hnsw import HnswIndex, graph_of
 
 __all__ = ["FaissIndex", "HnswIndex", "IvfSqIndex", "Tombstoned", "load_index"]
 
@@ -162,3 +164,20 @@ def load_index(path: Path, nprobe: int = 48, ef_search: int | str = "auto",
         if graph is not None:
             return graph
     return FaissIndex(index, index.d, nprobe)
+
+
+def load_graph(index: faiss.IndexIDMap, path: Path, ef_search: int | str, nprobe: int,
+               mmap: bool) -> Tombstoned | None:
+    """The tombstoned kind `index` (read from `path`) is, with its sidecars; None when it is none of them."""
+    inner = faiss.downcast_index(index.index)
+    alive = fine = None
+    with contextlib.suppress(OSError, ValueError):
+        alive = np.load(alive_path(path))
+    if isinstance(inner, (faiss.IndexHNSWSQ, faiss.IndexIVFScalarQuantizer, faiss.IndexPreTransform)):
+        with contextlib.suppress(OSError, ValueError):
+            fine = np.load(fine_path(path), mmap_mode="r" if mmap else None)
+    if graph_of(inner) is not None:
+        return HnswIndex(index, alive, ef_search, fine)
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return IvfSqIndex(index, alive, nprobe, fine)
+    return None

@@ -1,0 +1,165 @@
+"""HNSW graphs (FAISS), float32 vectors or SQ8 codes, optionally over the gallery's span (`span_basis`); the
+`ef_search` "auto" curve (`auto_ef`).
+
+See docs/architecture.md ("Vector index kinds") for how the kind is chosen and why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from .graph import Tombstoned, _as_vecs
+
+SPAN_LOST = 1e-6  # share of a training sample's energy the directions a projected graph drops may hold
+SPAN_SHARE = 0.9  # project only when that keeps at most 90% of the dimensions
+SPAN_DRIFT = 1e-3  # share of an added face's energy outside the span that counts it as drifted
+SPAN_REBUILD = 0.01  # drifted faces (share of the graph) that call for a rebuild on a fresh sample
+
+
+def span_basis(sample: np.ndarray) -> np.ndarray | None:
+    """(d, d') orthonormal basis of the directions holding all but SPAN_LOST of `sample`'s energy, or None when
+    it would keep more than SPAN_SHARE of the d dimensions (or the sample is too small to tell: < 8 d vectors).
+
+    Face embedders do not fill their space: dlib's 128-d descriptors of all 13,233 LFW faces lie in 78
+    directions (the rest of the spectrum is ~1e-13 of the first eigenvalue: units of the last layer that never
+    fire), the 256-d OMZ ones in ~150. A graph over the coordinates in that span computes the same inner
+    products with 61% (59%) of the arithmetic and memory per visited face. The basis is uncentred (eigenvectors
+    of the second moment, not the covariance), so that inner products, not just distances, are kept.
+    """
+    s = np.asarray(sample, np.float64)
+    n, d = s.shape
+    if n < 8 * d:
+        return None
+    w, v = np.linalg.eigh(s.T @ s / n)
+    w, v = w[::-1], v[:, ::-1]
+    kept = np.cumsum(w) / max(float(w.sum()), 1e-30)
+    dims = int(np.searchsorted(kept, 1 - SPAN_LOST)) + 1
+    if dims > SPAN_SHARE * d:
+        return None
+    return np.ascontiguousarray(v[:, :dims], np.float32)
+
+
+def graph_of(inner: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW graph `inner` is, or holds under a projection (IndexPreTransform); None for other kinds."""
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+AUTO_EF = (128, 100_000, 64, 512)  # ef_search "auto": 128 at 100k faces, times sqrt(growth), within 64..512
+
+
+def auto_ef(n: int) -> int:
+    """Candidates an HNSW search keeps for a gallery of n faces when `ef_search` is "auto".
+
+    On the benchmark gallery (real LFW faces + look-alike synthetic distractors, docs/benchmarks.md) recall@10
+    against exact search stays near 0.99 when ef grows as the square root of the gallery: ef 128 at 100k faces,
+    ~220 at 300k, ~400 at 1M (measured 0.990, 0.990-0.993, 0.990). A search of a probe's ~30 ms analysis spends
+    1-3 ms here, and a missed true match costs more than a millisecond: recall first. Capped at 512 (about
+    3.5 ms at 1M faces on 2 cores) so that a search stays within a few milliseconds at 10M.
+    """
+    base, at, lo, hi = AUTO_EF
+    return int(min(hi, max(lo, round(base * math.sqrt(max(1, n) / at)))))
+
+
+class HnswIndex(Tombstoned):
+    """An HNSW graph for large galleries: FAISS IndexHNSWFlat (kind "hnsw"), or IndexHNSWSQ with SQ8 codes and
+    an fp16 re-rank (kind "hnswsq": half the memory of the flat graph at 256-d, for the largest galleries).
+
+    Made with `project=True` and trained on a sample (`train`), the graph holds the faces' coordinates in the
+    sample's span (`span_basis`) under a faiss LinearTransform, saved in the same file, with an fp16 copy of the
+    whole vectors beside it. A query inside the span (real embeddings are) gets the graph's float scores, exact;
+    a query with a part outside it gets a short list re-ranked with that part's inner products added from the
+    fp16 copy, so a face added later with energy outside the span is still scored exactly and found by its
+    projection. Once more than SPAN_REBUILD of the faces have drifted out of the span, `needs_compaction` asks
+    the manager for a rebuild, which trains on a fresh sample (the count restarts when a process opens the index).
+    """
+
+    kind = "hnsw"
+
+    def __init__(self, index: faiss.IndexIDMap, alive: np.ndarray | None = None, ef_search: int | str = "auto",
+                 fine: np.ndarray | None = None) -> None:
+        inner = faiss.downcast_index(index.index)
+        codes = isinstance(graph_of(inner), faiss.IndexHNSWSQ)
+        super().__init__(index, alive, fine, codes or isinstance(inner, faiss.IndexPreTransform))
+        self.kind = "hnswsq" if codes else "hnsw"
+        self.ef_search = ef_search  # an int, or "auto": auto_ef(live faces)
+        self._spec: tuple[int, int, str] | None = None  # (m, efConstruction, codes) of a graph not trained yet
+        self._drifted = 0
+        self._span: np.ndarray | None = None  # the projection's basis, once read
+
+    @staticmethod
+    def _graph(dim: int, m: int, ef_construction: int, codes: str) -> faiss.IndexHNSW:
+        if codes == "sq8":
+            graph = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            graph = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        return graph
+
+    @classmethod
+    def empty(cls, dim: int, m: int = 32, ef_construction: int = 100, ef_search: int | str = "auto",
+              codes: str = "flat", project: bool = False) -> HnswIndex:
+        """A new graph; with `project`, `train` on a sample of the gallery may put it over the sample's span."""
+        out = cls(faiss.IndexIDMap(cls._graph(dim, m, ef_construction, codes)), ef_search=ef_search)
+        if codes == "sq8":
+            out._fine = np.zeros((0, dim), np.float16)
+        if project:
+            out._spec = (m, ef_construction, codes)
+        return out
+
+    @property
+    def projected(self) -> bool:
+        return isinstance(self.inner, faiss.IndexPreTransform)
+
+    def _basis(self) -> np.ndarray:
+        """(d, d') basis of the projection (the transform's matrix is its transpose), read once."""
+        if self._span is None:
+            lt = faiss.downcast_VectorTransform(self.inner.chain.at(0))
+            self._span = np.ascontiguousarray(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T)
+        return self._span
+
+    def train(self, sample) -> None:
+        v = _as_vecs(sample, self.dim)
+        if self._spec is not None and not int(self.index.ntotal):
+            basis = span_basis(v)
+            if basis is not None:
+                m, efc, codes = self._spec
+                lt = faiss.LinearTransform(self.dim, basis.shape[1], False)
+                faiss.copy_array_to_vector(np.ascontiguousarray(basis.T).ravel(), lt.A)
+                lt.is_trained = True
+                lt.set_is_orthonormal()  # lets faiss map coordinates back (reconstruct) when the fp16 copy is lost
+                self.inner = faiss.IndexPreTransform(lt, self._graph(basis.shape[1], m, efc, codes))
+                self.index = faiss.IndexIDMap(self.inner)
+                self._fine = np.zeros((0, self.dim), np.float16)
+            self._spec = None
+        super().train(v)
+
+    def _train(self, v: np.ndarray) -> None:
+        self.inner.train(v)
+
+    def _outside(self, v: np.ndarray) -> np.ndarray | bool | None:
+        if not self.projected or self.kind == "hnswsq":  # SQ8 codes: the fp16 re-rank scores everything
+            return None
+        b = self._basis()
+        out = v - (v @ b) @ b.T
+        # real face embeddings have ~1e-13 of their energy outside (units that never fire): nothing to add
+        return False if float(np.einsum("nd,nd->n", out, out).max()) <= SPAN_LOST else out
+
+    def add(self, ids, vecs) -> None:
+        if self.projected:
+            v = _as_vecs(vecs, self.dim)
+            inside = np.einsum("nd,nd->n", *(2 * [v @ self._basis()]))
+            total = np.maximum(np.einsum("nd,nd->n", v, v), 1e-30)
+            self._drifted += int((1 - inside / total > SPAN_DRIFT).sum())
+        super().add(ids, vecs)
+
+    def needs_compaction(self) -> bool:
+        return super().needs_compaction() or self._drifted > SPAN_REBUILD * max(1, len(self.alive))
+
+    def _params(self, k: int, sel) -> faiss.SearchParameters:
+        ef = auto_ef(self.count) if self.ef_search == "auto" else int(self.ef_search)
+        return faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=sel)
