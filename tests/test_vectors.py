@@ -218,9 +218,14 @@ def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_p
     rng = np.random.default_rng(12)
     vecs = unit(rng, 1000, rank=RANK)
     index = make(kind, vecs, np.arange(1000))
+    if kind == "hnswp":  # faces and queries inside the span: the graph's float scores, the fp16 copy unread
+        fine, index._fine = index._fine, _Untouchable(index._fine)
+        assert index._outside(vecs[:30]) is False
     sims, found = index.search(vecs[:30], 5)
     assert (found[:, 0] == np.arange(30)).all()
     np.testing.assert_allclose(sims, np.einsum("qkd,qd->qk", vecs[found], vecs[:30]), atol=2e-3)
+    if kind == "hnswp":
+        index._fine = fine
     outside = 0.8 * vecs[:20] + 0.6 * unit(rng, 20)  # ~40% of their energy outside the span
     outside /= np.linalg.norm(outside, axis=1, keepdims=True)
     assert not index.needs_compaction()
@@ -229,10 +234,35 @@ def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_p
     assert found[:, 0].tolist() == list(range(5000, 5020))
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)  # the whole vector, not its shorter projection
     assert SPAN_REBUILD * 1020 < 20 and index.needs_compaction()
+    # a query with a part outside the span, against faces with parts outside it: scored on the whole vectors
+    q = outside[:5] + unit(rng, 5)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    sims, found = index.search(q, 3)
+    rows = np.concatenate([vecs, outside])[np.where(found >= 5000, found - 4000, found)]
+    np.testing.assert_allclose(sims, np.einsum("qkd,qd->qk", rows, q), atol=2e-3)
     index.save(tmp_path / "p")
-    again = load_index(tmp_path / "p", mmap=True)
-    assert again.projected and again.kind == index.kind
-    assert again.search(outside, 1)[1][:, 0].tolist() == list(range(5000, 5020))
+    for drop_stats in (False, True):
+        if drop_stats:
+            (tmp_path / "p.span.json").unlink()  # unknown bound: every search re-ranks, still exact
+        again = load_index(tmp_path / "p", mmap=True)
+        assert again.projected and again.kind == index.kind and again.needs_compaction() != drop_stats
+        assert again._outside(outside) is not False  # faces outside the span are known (or may be): re-rank
+        sims, found = again.search(outside, 1)
+        assert found[:, 0].tolist() == list(range(5000, 5020))
+        np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)
+
+
+class _Untouchable:
+    """Stands in for an fp16 copy that must not be read."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.shape, self.dtype = arr.shape, arr.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        raise AssertionError("the fp16 copy was read")
 
 
 def test_the_manager_builds_graphs_over_the_span_of_a_sample(tmp_path):

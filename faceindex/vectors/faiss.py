@@ -177,7 +177,10 @@ def load_graph(index: faiss.IndexIDMap, path: Path, ef_search: int | str, nprobe
         with contextlib.suppress(OSError, ValueError):
             fine = np.load(fine_path(path), mmap_mode="r" if mmap else None)
     if graph_of(inner) is not None:
-        return HnswIndex(index, alive, ef_search, fine)
+        graph = HnswIndex(index, alive, ef_search, fine)
+        if graph.projected:
+            graph.read_span(path)
+        return graph
     if isinstance(inner, faiss.IndexIVFScalarQuantizer):
         return IvfSqIndex(index, alive, nprobe, fine)
     return None

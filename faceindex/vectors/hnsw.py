@@ -6,7 +6,10 @@ See docs/architecture.md ("Vector index kinds") for how the kind is chosen and w
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -17,6 +20,7 @@ SPAN_LOST = 1e-6  # share of a training sample's energy the directions a project
 SPAN_SHARE = 0.9  # project only when that keeps at most 90% of the dimensions
 SPAN_DRIFT = 1e-3  # share of an added face's energy outside the span that counts it as drifted
 SPAN_REBUILD = 0.01  # drifted faces (share of the graph) that call for a rebuild on a fresh sample
+SPAN_SLACK = 1e-4  # largest score error allowed from the parts outside the span (fp16 rounding is ~1e-3)
 
 
 def span_basis(sample: np.ndarray) -> np.ndarray | None:
@@ -40,6 +44,10 @@ def span_basis(sample: np.ndarray) -> np.ndarray | None:
     if dims > SPAN_SHARE * d:
         return None
     return np.ascontiguousarray(v[:, :dims], np.float32)
+
+
+def span_path(path: Path) -> Path:
+    return path.with_name(path.name + ".span.json")
 
 
 def graph_of(inner: faiss.Index) -> faiss.IndexHNSW | None:
@@ -71,11 +79,14 @@ class HnswIndex(Tombstoned):
 
     Made with `project=True` and trained on a sample (`train`), the graph holds the faces' coordinates in the
     sample's span (`span_basis`) under a faiss LinearTransform, saved in the same file, with an fp16 copy of the
-    whole vectors beside it. A query inside the span (real embeddings are) gets the graph's float scores, exact;
-    a query with a part outside it gets a short list re-ranked with that part's inner products added from the
-    fp16 copy, so a face added later with energy outside the span is still scored exactly and found by its
-    projection. Once more than SPAN_REBUILD of the faces have drifted out of the span, `needs_compaction` asks
-    the manager for a rebuild, which trains on a fresh sample (the count restarts when a process opens the index).
+    whole vectors beside it. The graph's score of a face misses <query part outside the span, face part outside
+    it>, at most |q_out| |x_out|; the index keeps the largest |x_out|^2 of its faces (saved beside it as
+    `<file>.span.json`; unknown = 1), and when that bound is within SPAN_SLACK (real embeddings: |q_out|^2 and
+    |x_out|^2 ~1e-6 or less) the graph's float scores are returned as they are. Otherwise a short list of 4 k is
+    re-ranked with the missing term added from the fp16 copy, so a face added later with energy outside the span
+    is still scored exactly and found by its projection. Once more than SPAN_REBUILD of the faces have drifted
+    out of the span (a share over SPAN_DRIFT of their energy), `needs_compaction` asks the manager for a rebuild,
+    which trains on a fresh sample.
     """
 
     kind = "hnsw"
@@ -88,8 +99,9 @@ class HnswIndex(Tombstoned):
         self.kind = "hnswsq" if codes else "hnsw"
         self.ef_search = ef_search  # an int, or "auto": auto_ef(live faces)
         self._spec: tuple[int, int, str] | None = None  # (m, efConstruction, codes) of a graph not trained yet
-        self._drifted = 0
         self._span: np.ndarray | None = None  # the projection's basis, once read
+        # faces added with over SPAN_DRIFT of their energy outside the span; the largest such energy of any face
+        self._drifted, self._outside_max = 0, 0.0
 
     @staticmethod
     def _graph(dim: int, m: int, ef_construction: int, codes: str) -> faiss.IndexHNSW:
@@ -146,8 +158,8 @@ class HnswIndex(Tombstoned):
             return None
         b = self._basis()
         out = v - (v @ b) @ b.T
-        # real face embeddings have ~1e-13 of their energy outside (units that never fire): nothing to add
-        return False if float(np.einsum("nd,nd->n", out, out).max()) <= SPAN_LOST else out
+        bound = float(np.einsum("nd,nd->n", out, out).max()) * self._outside_max
+        return False if bound <= SPAN_SLACK ** 2 else out
 
     def add(self, ids, vecs) -> None:
         if self.projected:
@@ -155,7 +167,23 @@ class HnswIndex(Tombstoned):
             inside = np.einsum("nd,nd->n", *(2 * [v @ self._basis()]))
             total = np.maximum(np.einsum("nd,nd->n", v, v), 1e-30)
             self._drifted += int((1 - inside / total > SPAN_DRIFT).sum())
+            self._outside_max = max(self._outside_max, float((total - inside).max()))
         super().add(ids, vecs)
+
+    def save(self, path: Path) -> None:
+        if self.projected:  # before the index (as the other sidecars): a crash between leaves a bound too high
+            tmp = span_path(path).with_name(span_path(path).name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"outside_max": self._outside_max, "drifted": self._drifted}))
+            os.replace(tmp, span_path(path))
+        super().save(path)
+
+    def read_span(self, path: Path) -> None:
+        """The span's statistics saved beside `path`; missing or unreadable: the bound is unknown (1)."""
+        try:
+            got = json.loads(span_path(path).read_text())
+            self._outside_max, self._drifted = float(got["outside_max"]), int(got["drifted"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._outside_max, self._drifted = 1.0, 0
 
     def needs_compaction(self) -> bool:
         return super().needs_compaction() or self._drifted > SPAN_REBUILD * max(1, len(self.alive))
