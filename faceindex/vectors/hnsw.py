@@ -82,7 +82,7 @@ class HnswIndex(Tombstoned):
     whole vectors beside it. The graph's score of a face misses <query part outside the span, face part outside
     it>, at most |q_out| |x_out|; the index keeps the largest |x_out|^2 of its faces (saved beside it as
     `<file>.span.json`; unknown = 1), and when that bound is within SPAN_SLACK (real embeddings: |q_out|^2 and
-    |x_out|^2 ~1e-6 or less) the graph's float scores are returned as they are. Otherwise a short list of 4 k is
+    |x_out|^2 ~1e-5 or less) the graph's float scores are returned as they are. Otherwise a short list of 4 k is
     re-ranked with the missing term added from the fp16 copy, so a face added later with energy outside the span
     is still scored exactly and found by its projection. Once more than SPAN_REBUILD of the faces have drifted
     out of the span (a share over SPAN_DRIFT of their energy), `needs_compaction` asks the manager for a rebuild,
