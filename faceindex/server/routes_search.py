@@ -98,15 +98,20 @@ def router(ctx: Context) -> APIRouter:
         with lock:
             return {str(k): v for k, v in as_(p).confirmations(case).items()}
 
-    @r.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}})
-    def face_crop(p: Who, face_id: int, why: Why, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
-        """A face's crop (JPEG). Audited: needs a purpose and a case; charged by the pixels of its photo."""
+    def face_reader(p, face_id: int):
+        """The engine as `p`, once `p` may see faces and has been charged by the pixels of the face's photo."""
         fi = as_(p)
         fi.allow_any("search", "people", "privacy")
         with lock:
             pixels = engine.catalog.face_pixels(face_id)
         charge(p, pixels=pixels)
+        return fi
+
+    @r.get("/v1/faces/{face_id}/crop", tags=["faces"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def face_crop(p: Who, face_id: int, why: Why, size: Annotated[int, Query(ge=32, le=512)] = 160) -> Response:
+        """A face's crop (JPEG). Audited: needs a purpose and a case; charged by the pixels of its photo."""
+        fi = face_reader(p, face_id)
         with lock:
             data = fi.face_crop(face_id, size=size, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
@@ -116,11 +121,7 @@ def router(ctx: Context) -> APIRouter:
     def face_image(p: Who, face_id: int, why: Why) -> Response:
         """The face's source image with the face outlined. Audited: needs a purpose and a case; charged by its
         pixels."""
-        fi = as_(p)
-        fi.allow_any("search", "people", "privacy")
-        with lock:
-            pixels = engine.catalog.face_pixels(face_id)
-        charge(p, pixels=pixels)
+        fi = face_reader(p, face_id)
         with lock:
             data = fi.face_in_image(face_id, purpose=why[0], case=why[1])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
