@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from faceindex.catalog import Catalog, open_catalog
 from faceindex.config import Settings
 from faceindex.models.dlib import RESNET_SPEC
+from faceindex.models.omz import OMZ95_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
-from faceindex.vectors.hnsw import SPAN_REBUILD, auto_ef, span_basis
+from faceindex.vectors.hnsw import SPAN_REBUILD, auto_ef, graph_of, span_basis
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
@@ -284,15 +286,29 @@ def test_the_manager_builds_graphs_over_the_span_of_a_sample(tmp_path):
     catalog.close()
 
 
+@pytest.mark.parametrize("spec, shape", [(RESNET_SPEC, (32, 100)), (OMZ95_SPEC, (48, 200))])
+def test_wider_embeddings_get_a_denser_graph(tmp_path, spec, shape):
+    catalog = open_catalog(tmp_path / "catalog.db")
+    m = IndexManager(catalog, tmp_path, spec, Settings(data=tmp_path, exact_threshold=100))
+    vecs = unit(np.random.default_rng(15), 2100, spec.dim, rank=spec.dim // 2)
+    ids = fill(catalog, vecs, spec=spec)
+    m.index  # noqa: B018 - exact; the graph is built beside
+    m.wait()
+    graph = graph_of(faiss.downcast_index(m.index.index.index))
+    assert m.index.projected and (graph.hnsw.nb_neighbors(1), graph.hnsw.efConstruction) == shape
+    assert m.index.search(vecs[:10], 1)[1][:, 0].tolist() == ids[:10]
+    catalog.close()
+
+
 # --- the manager over a real catalog -----------------------------------------------------------------------
 def _face(vec: np.ndarray, i: int) -> Face:
     q = Quality(size=100, sharpness=300.0, detector_score=1.0, frontal=0.9, score=0.9)
     return Face(box=Box(0, 0, 100, 100), landmarks=((0.0, 0.0),) * 5, quality=q, embedding=vec, index=i)
 
 
-def fill(catalog: Catalog, vecs: np.ndarray, start: int = 0) -> list[int]:
+def fill(catalog: Catalog, vecs: np.ndarray, start: int = 0, spec=RESNET_SPEC) -> list[int]:
     src = catalog.source_id("s", create=True)
-    catalog.check_model(RESNET_SPEC.key)
+    catalog.check_model(spec.key)
     ids = []
     for k, v in enumerate(vecs):
         _, new, _ = catalog.add_image(src, f"/p/{start + k}.jpg", 0, f"{start + k:064x}", 1, 100, 100, [_face(v, 0)])

@@ -57,6 +57,18 @@ def graph_of(inner: faiss.Index) -> faiss.IndexHNSW | None:
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
+def graph_shape(dim: int) -> tuple[int, int]:
+    """(M, efConstruction) of the graphs the manager builds for embeddings of `dim` dimensions.
+
+    Wider embeddings get a denser graph: at 300k faces of the 256-d pack (docs/benchmarks.md) M 48 with
+    efConstruction 200 reached recall@10 0.940 / 0.976 / 0.990 at ef 128 / 256 / 384 against 0.889 / 0.939 /
+    0.961 for M 32 with efConstruction 100, 26-35% less time per query at equal recall, for 2.3x the build time
+    and 128 more bytes of links a face. The 128-d pack keeps M 32 / efConstruction 100 (recall@10 0.99 at 1M
+    with `auto` ef; a denser graph was not measured there).
+    """
+    return (48, 200) if dim > 128 else (32, 100)
+
+
 AUTO_EF = (128, 100_000, 64, 512)  # ef_search "auto": 128 at 100k faces, times sqrt(growth), within 64..512
 
 

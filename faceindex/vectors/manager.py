@@ -23,6 +23,7 @@ import numpy as np
 from ..catalog import Catalog
 from ..errors import FaceIndexError
 from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
+from .hnsw import graph_shape
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
@@ -227,7 +228,8 @@ class IndexManager:
         pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
         sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
         if kind in ("hnsw", "hnswsq"):
-            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search,
+            m, efc = graph_shape(self.spec.dim)
+            graph = HnswIndex.empty(self.spec.dim, m=m, ef_construction=efc, ef_search=self.settings.ef_search,
                                     codes="sq8" if kind == "hnswsq" else "flat", project=True)
             graph.train(sample)
             return graph
