@@ -222,7 +222,7 @@ def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_p
     index = make(kind, vecs, np.arange(1000))
     if kind == "hnswp":  # faces and queries inside the span: the graph's float scores, the fp16 copy unread
         fine, index._fine = index._fine, _Untouchable(index._fine)
-        assert index._outside(vecs[:30]) is False
+        assert index._plan(vecs[:30])[0] is False
     sims, found = index.search(vecs[:30], 5)
     assert (found[:, 0] == np.arange(30)).all()
     np.testing.assert_allclose(sims, np.einsum("qkd,qd->qk", vecs[found], vecs[:30]), atol=2e-3)
@@ -248,7 +248,7 @@ def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_p
             (tmp_path / "p.span.json").unlink()  # unknown bound: every search re-ranks, still exact
         again = load_index(tmp_path / "p", mmap=True)
         assert again.projected and again.kind == index.kind and again.needs_compaction() != drop_stats
-        assert again._outside(outside) is not False  # faces outside the span are known (or may be): re-rank
+        assert again._plan(outside)[0] is True  # faces outside the span are known (or may be): re-rank
         sims, found = again.search(outside, 1)
         assert found[:, 0].tolist() == list(range(5000, 5020))
         np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)

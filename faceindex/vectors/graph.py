@@ -236,18 +236,18 @@ class Tombstoned:
         k = max(1, min(int(k), max(1, self.count)))
         excl = _as_ids(exclude) if exclude is not None and len(exclude) else None
         sel = self._selector(excl)
-        outside = self._outside(v)
-        wide = k if not self.quantised or outside is False else min(max(1, self.count), k * self.rerank)
+        rerank, outside = self._plan(v)
+        wide = min(max(1, self.count), k * self.rerank) if rerank else k
         sims, pos = self.inner.search(v, wide, params=self._params(wide, sel))
-        if self.quantised and outside is not False:
+        if rerank:
             sims, pos = self._rerank(v, pos, k, sims, outside)
         ids = np.where(pos >= 0, self.id_map[np.maximum(pos, 0)], -1)
         return sims, ids
 
-    def _outside(self, v: np.ndarray) -> np.ndarray | bool | None:
-        """For graphs over a span holding float coordinates (exact there): the queries' parts outside the span,
-        or False when they have none (the graph's scores are then exact). None for the other kinds."""
-        return None
+    def _plan(self, v: np.ndarray) -> tuple[bool, np.ndarray | None]:
+        """(whether to re-rank a short list on the fp16 copy, the queries' parts outside a graph's span when the
+        re-rank only adds their term to the graph's scores). Quantised kinds re-rank everything."""
+        return self.quantised, None
 
     def _rerank(self, v: np.ndarray, pos: np.ndarray, k: int, sims: np.ndarray | None = None,
                 outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from ..models.onnx_util import atomic_write
 from .graph import Tombstoned, _as_vecs
 
 SPAN_LOST = 1e-6  # share of a training sample's energy the directions a projected graph drops may hold
@@ -165,13 +165,13 @@ class HnswIndex(Tombstoned):
     def _train(self, v: np.ndarray) -> None:
         self.inner.train(v)
 
-    def _outside(self, v: np.ndarray) -> np.ndarray | bool | None:
+    def _plan(self, v: np.ndarray) -> tuple[bool, np.ndarray | None]:
         if not self.projected or self.kind == "hnswsq":  # SQ8 codes: the fp16 re-rank scores everything
-            return None
+            return super()._plan(v)
         b = self._basis()
         out = v - (v @ b) @ b.T
         bound = float(np.einsum("nd,nd->n", out, out).max()) * self._outside_max
-        return False if bound <= SPAN_SLACK ** 2 else out
+        return bound > SPAN_SLACK ** 2, out
 
     def add(self, ids, vecs) -> None:
         if self.projected:
@@ -184,9 +184,8 @@ class HnswIndex(Tombstoned):
 
     def save(self, path: Path) -> None:
         if self.projected:  # before the index (as the other sidecars): a crash between leaves a bound too high
-            tmp = span_path(path).with_name(span_path(path).name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"outside_max": self._outside_max, "drifted": self._drifted}))
-            os.replace(tmp, span_path(path))
+            atomic_write(span_path(path), json.dumps({"outside_max": self._outside_max,
+                                                      "drifted": self._drifted}).encode())
         super().save(path)
 
     def read_span(self, path: Path) -> None:
