@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import knn_ivf as knn_ivf_mod  # noqa: E402
+from knn_ivf import knn_ivf  # noqa: E402
 from lfw_faces import DATA, load_or_embed  # noqa: E402
 
 from faceindex import calibration  # noqa: E402
 from faceindex import cluster as cluster_mod  # noqa: E402
-from faceindex.cluster import Threshold, group_faces, knn_graph  # noqa: E402
+from faceindex.cluster import Threshold, group_faces  # noqa: E402
 
 CALIBRATION = {"dlib": "dlib_resnet_v1", "yunet-omz95-centre": "yunet-omz95"}
 
@@ -174,7 +176,7 @@ def chinese_whispers(vecs: np.ndarray, tau: float, k: int = 20) -> np.ndarray:
     if len(vecs) <= 20_000:
         desc = [dlib.vector(v.astype(float).tolist()) for v in vecs]
         return np.asarray(dlib.chinese_whispers_clustering(desc, float(np.sqrt(2 - 2 * tau))), np.int64)
-    sims, nbrs = knn_graph(vecs, k + 1)
+    sims, nbrs = knn_ivf(vecs, k + 1)
     a = np.repeat(np.arange(len(vecs)), nbrs.shape[1])
     b = nbrs.reshape(-1)
     ok = (b > a) & (sims.reshape(-1) >= tau)
@@ -188,7 +190,7 @@ def single_linkage(vecs: np.ndarray, image_ids: np.ndarray, tau: float, k: int =
     """The clustering faceindex shipped before: k-NN edges above tau merged strongest first (union-find), with the
     cannot-link for faces of one photo, optional min_links and (variant) mutual-neighbour edges only."""
     n = len(vecs)
-    sims, nbrs = knn_graph(vecs, k + 1)
+    sims, nbrs = knn_ivf(vecs, k + 1)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
     cols, s = nbrs.reshape(-1), sims.reshape(-1)
     keep = (cols >= 0) & (cols != rows) & (s >= tau)
@@ -271,17 +273,17 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--nprobe", type=int, default=0,
                     help="lists each face visits in the k-NN graph above 50k faces: knn_pairs (rac) and the IVF "
-                         "search of knn_graph (cw, single) (0: the defaults)")
+                         "search of knn_ivf (cw, single) (0: the defaults)")
     ap.add_argument("--knn-dims", type=float, default=0.0,
-                    help="PCA share of dimensions for knn_graph's IVF search (cw, single; 0: default)")
+                    help="PCA share of dimensions for knn_ivf's IVF search (cw, single; 0: default)")
     ap.add_argument("--calibration", type=Path, help="a calibration table file (default: the one faceindex ships)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
     if args.nprobe:
-        cluster_mod.KNN_NPROBE = cluster_mod.JOIN_PROBE = args.nprobe
+        knn_ivf_mod.KNN_NPROBE = cluster_mod.JOIN_PROBE = args.nprobe
     if args.knn_dims:
-        cluster_mod.KNN_DIMS = args.knn_dims
+        knn_ivf_mod.KNN_DIMS = args.knn_dims
     d = load_or_embed(args.model, args.workers)
     emb, image = d["emb"].astype(np.float32), d["image"]
     names = d["names"]

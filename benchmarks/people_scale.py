@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bulk_catalog import write_faces  # noqa: E402
+from knn_ivf import knn_ivf  # noqa: E402
 from lfw_faces import load_or_embed  # noqa: E402
 from people import Distractors, scores  # noqa: E402
 
@@ -253,7 +254,7 @@ def pair_recall(folder: Path, k: int, sample: int, methods: list[str]) -> None:
     for method in methods:
         t = time.perf_counter()
         if method == "knn_graph":  # the IVF search used before (k-NN of every face, then the floor)
-            sims, nbrs = cluster.knn_graph(vecs, k)
+            sims, nbrs = knn_ivf(vecs, k)
             a, b = np.repeat(np.arange(n), k), nbrs.reshape(-1)
             ok = (b >= 0) & (sims.reshape(-1) >= floor)
             a, b = a[ok], b[ok]

@@ -28,10 +28,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-EXACT_LIMIT = 50_000  # exact k-NN below this many faces; an IVF index above
-KNN_NPROBE = 32  # IVF lists visited per face (k-NN graph above EXACT_LIMIT) ...
-KNN_DIMS = 0.375  # ... and PCA dimensions kept for the IVF search, as a share of the embedding's (at least 64)
-KNN_LARGE = 200_000  # above this many faces: 8 lists and 64 dimensions (cost grows as n^1.5; see benchmarks.md)
+EXACT_LIMIT = 50_000  # exact k-NN below this many faces; the list join of knn_pairs above
 JOIN_LISTS = 20  # the list join of knn_pairs (above EXACT_LIMIT): sqrt(JOIN_LISTS * n) lists ...
 JOIN_PROBE = 20  # ... each face meets the faces of its JOIN_PROBE nearest lists ...
 JOIN_DIMS = 64  # ... chosen in this many PCA dimensions
@@ -49,52 +46,18 @@ class Clustering:
 
 
 def knn_graph(vecs: np.ndarray, k: int, queries: np.ndarray | None = None,
-              exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
               batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, neighbour rows) of the k nearest faces of each query (default: every face) in `vecs`.
-
-    Exact (flat inner product) for small collections. Above `exact_limit` the candidates come from an index built
-    for the job: a PCA projection to max(64, 3d/8) dimensions (near neighbours keep their order: 99.7% of the
-    pairs above the clustering floor are found on LFW with both packs) in an IVF index with sqrt(nprobe * n)
-    lists (which balances picking lists against scanning them), `nprobe` visited; the k + 10 candidates of each
-    query are then scored exactly on the full vectors and the best k kept. Missing neighbours are -1.
-    """
+    """(similarities, neighbour rows) of the exact k nearest faces of each query (default: every face) in `vecs`
+    (flat inner product; above EXACT_LIMIT faces `knn_pairs` joins coarse lists instead)."""
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     queries = vecs if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
-    n, d = vecs.shape
-    k = min(k, n)
+    k = min(k, len(vecs))
     sims = np.empty((len(queries), k), np.float32)
     nbrs = np.empty((len(queries), k), np.int64)
-    if n <= exact_limit:
-        index = faiss.IndexFlatIP(d)
-        index.add(vecs)
-        for s in range(0, len(queries), batch):
-            sims[s:s + batch], nbrs[s:s + batch] = index.search(queries[s:s + batch], k)
-        return sims, nbrs
-    rng = np.random.default_rng(0)
-    large = n > KNN_LARGE
-    nprobe = nprobe or (8 if large else KNN_NPROBE)
-    r = min(d, 64 if large else max(64, int(d * KNN_DIMS)))
-    nlist = int(np.sqrt(nprobe * n))
-    sample = vecs[rng.choice(n, min(n, 10 * nlist), replace=False)]
-    pca = faiss.PCAMatrix(d, r)
-    pca.train(sample)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(r), r, nlist, faiss.METRIC_L2)
-    index.cp.niter = 6  # coarse lists are enough: near neighbours share a list or the next one
-    index.cp.min_points_per_centroid = 5  # (and faiss's warning about few training points is moot)
-    index.train(pca.apply(sample))
-    index.nprobe = nprobe
-    for s in range(0, n, batch):
-        index.add(pca.apply(vecs[s:s + batch]))
-    kk = min(k + 10, n)
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
     for s in range(0, len(queries), batch):
-        q = queries[s:s + batch]
-        _, cand = index.search(pca.apply(q), kk)
-        exact = np.einsum("qd,qkd->qk", q, vecs[np.maximum(cand, 0)])
-        exact[cand < 0] = -np.inf
-        best = np.argsort(-exact, axis=1)[:, :k]
-        sims[s:s + batch] = np.take_along_axis(exact, best, 1)
-        nbrs[s:s + batch] = np.where(np.isfinite(sims[s:s + batch]), np.take_along_axis(cand, best, 1), -1)
+        sims[s:s + batch], nbrs[s:s + batch] = index.search(queries[s:s + batch], k)
     return sims, nbrs
 
 
@@ -109,14 +72,15 @@ def knn_pairs(vecs: np.ndarray, k: int, floor: float, queries: np.ndarray | None
     its queries in one matrix product on the full vectors (exact similarities: nothing to re-score); pairs below
     `floor` are dropped at once. The cost grows as n^1.5 like an IVF search's, but as dense matrix products
     instead of per-face list scans. An incremental run's few queries get few lists, so they do not pay for
-    sorting a million faces finely. Recall and time against `knn_graph`: docs/benchmarks.md ("People at scale").
+    sorting a million faces finely. Recall and time against the IVF search it replaced (benchmarks/knn_ivf.py):
+    docs/benchmarks.md ("People at scale").
     """
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     q = vecs if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     n, d = vecs.shape
     exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
     if n <= exact_limit:
-        sims, nbrs = knn_graph(vecs, k, queries=q, exact_limit=max(n, exact_limit))
+        sims, nbrs = knn_graph(vecs, k, queries=q)
         a = np.repeat(np.arange(len(q)), sims.shape[1])
         ok = (nbrs.reshape(-1) >= 0) & (sims.reshape(-1) >= floor)
         return a[ok], nbrs.reshape(-1)[ok], sims.reshape(-1)[ok]
