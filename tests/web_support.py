@@ -154,6 +154,12 @@ def page(browser, server):
     pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"
           and "the server responded with a status of" not in m.text else None)
     pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.method} {r.url} ({r.failure})"))
+    # Playwright turns file-chooser interception on when the first "filechooser" listener is added, fire-and-forget
+    # (updateSubscription), and off again when `expect_file_chooser` drops its listener. A key press sent right
+    # after `expect_file_chooser()` can reach the page before interception is on, and the chooser then opens
+    # unseen (the keyboard tests timed out so, now and then, in full runs). One listener for the tab's whole life
+    # keeps interception on from before the first navigation.
+    pg.on("filechooser", lambda _chooser: None)
     yield pg
     ctx.close()
     assert not errors, f"errors on the page: {errors}"
