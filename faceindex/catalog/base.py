@@ -24,6 +24,8 @@ import numpy as np
 from ..errors import CatalogError, ModelError, NotFoundError
 from ..types import Box, Face
 from .accounts import AccountsMixin, now
+from .people import PeopleMixin
+from .people import chunks as _chunks
 from .schema import ID_TABLES as ID_TABLES  # re-exported
 from .schema import SCHEMA as SCHEMA
 from .schema import SCHEMA_VERSION, UNIQUE_FACES
@@ -55,7 +57,7 @@ class FileState:
     mtime_ns: int
 
 
-class Catalog(AccountsMixin):
+class Catalog(AccountsMixin, PeopleMixin):
     """The catalog protocol, with the logic both backends share; open one with `open_catalog`."""
 
     dialect: str = ""  # "sqlite" or "postgresql"
@@ -424,64 +426,6 @@ class Catalog(AccountsMixin):
             raise NotFoundError(f"no face {face_id}")
         return rec
 
-    # --- people ------------------------------------------------------------------------------------------------
-    def person_names(self) -> dict[int, str]:
-        return dict(self.db.execute("SELECT id, name FROM people WHERE name IS NOT NULL").fetchall())
-
-    def people(self, limit: int | None = None, min_faces: int = 1) -> list[tuple[int, str | None, int, int]]:
-        """(id, name, faces, images) of people with at least `min_faces` faces, by size, largest first."""
-        sql = ("SELECT p.id, p.name, COUNT(f.id), COUNT(DISTINCT f.image_id) FROM people p "
-               "JOIN faces f ON f.person_id = p.id GROUP BY p.id HAVING COUNT(f.id) >= ? "
-               "ORDER BY COUNT(f.id) DESC, p.id")
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return self.db.execute(sql, (int(min_faces),)).fetchall()
-
-    def sample_faces(self, per_person: int = 4, person_ids: list[int] | None = None) -> dict[int, list[int]]:
-        """The best-quality face ids of each person (or of the given people)."""
-        sql = ("SELECT person_id, id FROM (SELECT person_id, id, ROW_NUMBER() OVER (PARTITION BY person_id "
-               "ORDER BY quality DESC, id) AS rn FROM faces WHERE {}) AS ranked WHERE rn <= ?")
-        out: dict[int, list[int]] = {}
-        if person_ids is None:
-            chunks: Iterable[list[int]] = [[]]
-        else:
-            chunks = _chunks(list(person_ids), 900)
-        for chunk in chunks:
-            where = f"person_id IN ({','.join('?' * len(chunk))})" if person_ids is not None else \
-                "person_id IS NOT NULL"
-            for pid, fid in self.db.execute(sql.format(where), (*chunk, per_person)):
-                out.setdefault(pid, []).append(fid)
-        return out
-
-    def person(self, person_id: int) -> tuple[str | None, list[FaceRecord]]:
-        row = self.db.execute("SELECT name FROM people WHERE id=?", (person_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no person {person_id}")
-        ids = [r[0] for r in self.db.execute("SELECT id FROM faces WHERE person_id=? ORDER BY quality DESC",
-                                             (person_id,))]
-        recs = self.face_records(ids)
-        return row[0], [recs[i] for i in ids if i in recs]
-
-    def move_faces(self, face_ids: list[int], person_id: int | None = None) -> int:
-        """Put faces into a person (a new one when None); returns the person id."""
-        with self.transaction():
-            if person_id is None:
-                person_id = self.db.execute("INSERT INTO people(created_at) VALUES(?)", (now(),)).lastrowid
-            self.db.executemany("UPDATE faces SET person_id=? WHERE id=?", [(person_id, f) for f in face_ids])
-            self._drop_empty_people()
-            return person_id
-
-    def person_face_images(self, person_ids: list[int]) -> list[tuple[int, int, int]]:
-        """(person id, face id, image id) of the given people."""
-        marks = ",".join("?" * len(person_ids))
-        return self.db.execute(f"SELECT person_id, id, image_id FROM faces WHERE person_id IN ({marks})",
-                               person_ids).fetchall()
-
-    def name_person(self, person_id: int, name: str | None) -> None:
-        with self.transaction():
-            if self.db.execute("UPDATE people SET name=? WHERE id=?", (name, person_id)).rowcount == 0:
-                raise NotFoundError(f"no person {person_id}")
-
     # --- stats -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         q = self.db.execute
@@ -501,7 +445,3 @@ def _unpack(rows: list, dim: int) -> tuple[np.ndarray, np.ndarray]:
     vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
     return ids, vecs
 
-
-def _chunks(seq: list, n: int) -> Iterator[list]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
