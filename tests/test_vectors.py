@@ -22,7 +22,7 @@ from faceindex.models.omz import OMZ95_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
-from faceindex.vectors.hnsw import SPAN_REBUILD, auto_ef, graph_of, span_basis
+from faceindex.vectors.hnsw import SPAN_REBUILD, VISITED_BYTES_UP_TO, auto_ef, graph_of, span_basis
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
@@ -124,6 +124,26 @@ def test_auto_ef_search_grows_with_the_gallery_and_is_used_by_the_graph():
     queries = unit(rng, 50)
     got, want = index.search(queries, 10)[1], truth.search(queries, 10)[1]
     assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]) >= 0.95
+
+
+def test_graph_searches_track_visited_faces_in_a_byte_array(tmp_path):
+    """FAISS switches a graph search's visited set to a hash set at 10M faces (500k in earlier releases), 1.5-2x
+    slower (docs/benchmarks.md); a graph made or opened by faceindex keeps the byte array."""
+    cvar = faiss.cvar
+    if not hasattr(cvar, "visited_table_hashset_threshold"):
+        pytest.skip("this FAISS has no hash-set visited table (before 1.11)")
+    old = cvar.visited_table_hashset_threshold
+    try:
+        cvar.visited_table_hashset_threshold = 500_000
+        index = HnswIndex.empty(DIM)
+        assert cvar.visited_table_hashset_threshold == VISITED_BYTES_UP_TO >= 10**9
+        index.add(np.arange(300), unit(np.random.default_rng(5), 300))
+        index.save(tmp_path / "g")
+        cvar.visited_table_hashset_threshold = 500_000
+        load_index(tmp_path / "g", mmap=True)
+        assert cvar.visited_table_hashset_threshold == VISITED_BYTES_UP_TO
+    finally:
+        cvar.visited_table_hashset_threshold = old
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "hnswsq", "hnswp"])
