@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
+from faceindex.vectors.ef import CALIBRATION_FACES, write_calibration  # noqa: E402
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
 
 CHUNK = 1_000_000  # faces generated, searched exactly, or added between two checkpoints at a time
@@ -226,7 +227,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--kinds", default="base,hnsw32,hnswsq32,ivfsq")
     ap.add_argument("--efc", type=int, default=100, help="HNSW efConstruction")
-    ap.add_argument("--ef", type=int, default=192, help="HNSW ef_search for the main row")
+    ap.add_argument("--ef", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="HNSW ef_search for the main row; auto (default): calibrated on 200 gallery faces after "
+                         "the build, as the engine does (faceindex/vectors/ef.py)")
     ap.add_argument("--nprobe", type=int, default=64, help="IVF-SQ8 nprobe for the main row")
     ap.add_argument("--sweep", default="", help="widths to sweep per kind, e.g. hnsw:96,192,384;ivfsq:32,64,128")
     ap.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0 = all)")
@@ -273,6 +276,18 @@ def main() -> None:
         if args.build_only:
             print(f"  built {kind}: {desc} in {secs:.1f} s ({len(gal) / secs:,.0f} vectors/s)", flush=True)
             continue
+        if args.ef == "auto" and isinstance(ix, HnswIndex) and ix.calibrated is None:
+            t = time.perf_counter()
+            pick = np.sort(np.random.default_rng(1).choice(len(gal), size=min(len(gal), CALIBRATION_FACES),
+                                                           replace=False))
+            ix.calibrate(np.ascontiguousarray(gal[pick]), pick)
+            print(f"  {kind}: ef auto calibrated to {ix.calibrated[0]} (recall@10 {ix.calibration_recall:.4f} on "
+                  f"{len(pick)} gallery faces, themselves left out) in {time.perf_counter() - t:.1f} s", flush=True)
+            if stored is not None:  # kept with the stored graph; opened again so that the pages the calibration's
+                # exact scan read are not counted as the searches' resident memory
+                write_calibration(stored / "index", ix.calibrated, ix.calibration_recall)
+                del ix
+                ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True)
         anon = allocated() - anon_before
         folder = stored if stored is not None else \
             Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))

@@ -22,7 +22,7 @@ from faceindex.models.omz import OMZ95_SPEC
 from faceindex.types import Box, Face, Quality
 from faceindex.vectors import manager as mg
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index
-from faceindex.vectors.hnsw import SPAN_REBUILD, VISITED_BYTES_UP_TO, auto_ef, graph_of, span_basis
+from faceindex.vectors.hnsw import GRAPH_SHAPE, SPAN_REBUILD, VISITED_BYTES_UP_TO, auto_ef, graph_of, span_basis
 from faceindex.vectors.manager import INDEX_FILE, IndexManager
 
 DIM = 32
@@ -306,8 +306,8 @@ def test_the_manager_builds_graphs_over_the_span_of_a_sample(tmp_path):
     catalog.close()
 
 
-@pytest.mark.parametrize("spec, shape", [(RESNET_SPEC, (32, 100)), (OMZ95_SPEC, (48, 200))])
-def test_wider_embeddings_get_a_denser_graph(tmp_path, spec, shape):
+@pytest.mark.parametrize("spec", [RESNET_SPEC, OMZ95_SPEC])
+def test_the_manager_builds_dense_graphs_and_calibrates_their_ef(tmp_path, spec):
     catalog = open_catalog(tmp_path / "catalog.db")
     m = IndexManager(catalog, tmp_path, spec, Settings(data=tmp_path, exact_threshold=100))
     vecs = unit(np.random.default_rng(15), 2100, spec.dim, rank=spec.dim // 2)
@@ -315,8 +315,14 @@ def test_wider_embeddings_get_a_denser_graph(tmp_path, spec, shape):
     m.index  # noqa: B018 - exact; the graph is built beside
     m.wait()
     graph = graph_of(faiss.downcast_index(m.index.index.index))
-    assert m.index.projected and (graph.hnsw.nb_neighbors(1), graph.hnsw.efConstruction) == shape
+    assert m.index.projected and (graph.hnsw.nb_neighbors(1), graph.hnsw.efConstruction) == GRAPH_SHAPE
     assert m.index.search(vecs[:10], 1)[1][:, 0].tolist() == ids[:10]
+    # `auto` ef_search was calibrated on the gallery's own faces, saved beside the index and read back
+    ef, faces = m.index.calibrated
+    assert faces == 2100 and m.index._params(10, None).efSearch == ef and m.index.calibration_recall >= 0.99
+    m.close()
+    again = IndexManager(catalog, tmp_path, spec, Settings(data=tmp_path, exact_threshold=100))
+    assert again.index.kind == "hnsw" and again.index.calibrated == (ef, 2100)
     catalog.close()
 
 

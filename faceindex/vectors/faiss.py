@@ -178,6 +178,7 @@ def load_graph(index: faiss.IndexIDMap, path: Path, ef_search: int | str, nprobe
             fine = np.load(fine_path(path), mmap_mode="r" if mmap else None)
     if graph_of(inner) is not None:
         graph = HnswIndex(index, alive, ef_search, fine)
+        graph.read_calibration(path)
         if graph.projected:
             graph.read_span(path)
         return graph

@@ -270,6 +270,25 @@ class Tombstoned:
             return v @ self.fine_rows(np.arange(start, stop)).astype(np.float32).T
         return v @ self.inner.storage.reconstruct_n(start, stop - start).T
 
+    def exact_top(self, vecs, k: int) -> np.ndarray:
+        """Ids of the exact k best live faces for each query, best first (-1 where fewer), every face scored
+        block by block (the graph's own ef calibration, `ef.calibrate`)."""
+        v = _as_vecs(vecs, self.dim)
+        n = len(self.alive)
+        best_s = np.full((len(v), k), -np.inf, np.float32)  # padding: fewer than k live faces
+        best_p = np.zeros((len(v), k), np.int64)
+        for start in range(0, n, 131072):
+            stop = min(n, start + 131072)
+            s = self._exact_scores(v, start, stop).astype(np.float32)
+            s[:, ~self.alive[start:stop]] = -np.inf
+            s = np.concatenate([best_s, s], 1)
+            p = np.concatenate([best_p, np.broadcast_to(np.arange(start, stop), (len(v), stop - start))], 1)
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            best_s, best_p = np.take_along_axis(s, top, 1), np.take_along_axis(p, top, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        best_s, best_p = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_p, order, 1)
+        return np.where(np.isfinite(best_s), self.id_map[best_p], -1)
+
     def range_search(self, vecs, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact: every live vector with inner product > threshold (opt-out and access must miss nothing)."""
         v = _as_vecs(vecs, self.dim)

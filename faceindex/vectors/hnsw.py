@@ -1,5 +1,5 @@
-"""HNSW graphs (FAISS), float32 vectors or SQ8 codes, optionally over the gallery's span (`span_basis`); the
-`ef_search` "auto" curve (`auto_ef`).
+"""HNSW graphs (FAISS), float32 vectors or SQ8 codes, optionally over the gallery's span (`span_basis`); their
+`ef_search` "auto" is in `ef.py`.
 
 See docs/architecture.md ("Vector index kinds") for how the kind is chosen and why.
 """
@@ -7,13 +7,13 @@ See docs/architecture.md ("Vector index kinds") for how the kind is chosen and w
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from ..models.onnx_util import atomic_write
+from .ef import auto_ef, calibrate, read_calibration, write_calibration
 from .graph import Tombstoned, _as_vecs
 
 SPAN_LOST = 1e-6  # share of a training sample's energy the directions a projected graph drops may hold
@@ -74,32 +74,11 @@ def graph_of(inner: faiss.Index) -> faiss.IndexHNSW | None:
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
-def graph_shape(dim: int) -> tuple[int, int]:
-    """(M, efConstruction) of the graphs the manager builds for embeddings of `dim` dimensions.
-
-    Wider embeddings get a denser graph: at 300k faces of the 256-d pack (docs/benchmarks.md) M 48 with
-    efConstruction 200 reached recall@10 0.940 / 0.976 / 0.990 at ef 128 / 256 / 384 against 0.889 / 0.939 /
-    0.961 for M 32 with efConstruction 100, 26-35% less time per query at equal recall, for 2.3x the build time
-    and 128 more bytes of links a face. The 128-d pack keeps M 32 / efConstruction 100 (recall@10 0.99 at 1M
-    with `auto` ef; a denser graph was not measured there).
-    """
-    return (48, 200) if dim > 128 else (32, 100)
-
-
-AUTO_EF = (128, 100_000, 64, 512)  # ef_search "auto": 128 at 100k faces, times sqrt(growth), within 64..512
-
-
-def auto_ef(n: int) -> int:
-    """Candidates an HNSW search keeps for a gallery of n faces when `ef_search` is "auto".
-
-    On the benchmark gallery (real LFW faces + look-alike synthetic distractors, docs/benchmarks.md) recall@10
-    against exact search stays near 0.99 when ef grows as the square root of the gallery: ef 128 at 100k faces,
-    ~220 at 300k, ~400 at 1M (measured 0.990, 0.990-0.993, 0.990). A search of a probe's ~30 ms analysis spends
-    1-3 ms here, and a missed true match costs more than a millisecond: recall first. Capped at 512 (about
-    3.5 ms at 1M faces on 2 cores) so that a search stays within a few milliseconds at 10M.
-    """
-    base, at, lo, hi = AUTO_EF
-    return int(min(hi, max(lo, round(base * math.sqrt(max(1, n) / at)))))
+GRAPH_SHAPE = (48, 200)
+"""(M, efConstruction) of the graphs the manager builds. Measured (docs/benchmarks.md) against M 32 /
+efConstruction 100: at 1M 128-d faces recall@10 0.991 at ef 192 (1.3 ms) where M 32 needs ef 384 (2.5 ms) for
+0.990; at 300k 256-d faces 0.990 at ef 384, which M 32 did not reach at any ef measured. Cost: 1.3-2.3x the build
+time and 128 more bytes of links a face."""
 
 
 class HnswIndex(Tombstoned):
@@ -127,7 +106,9 @@ class HnswIndex(Tombstoned):
         super().__init__(index, alive, fine, codes or isinstance(inner, faiss.IndexPreTransform))
         visit_with_bytes()
         self.kind = "hnswsq" if codes else "hnsw"
-        self.ef_search = ef_search  # an int, or "auto": auto_ef(live faces)
+        self.ef_search = ef_search  # an int, or "auto": auto_ef(live faces, the calibration)
+        self.calibrated: tuple[int, int] | None = None  # (ef, faces then) from `calibrate`, saved beside the file
+        self.calibration_recall: float | None = None
         self._spec: tuple[int, int, str] | None = None  # (m, efConstruction, codes) of a graph not trained yet
         self._span: np.ndarray | None = None  # the projection's basis, once read
         # faces added with over SPAN_DRIFT of their energy outside the span; the largest such energy of any face
@@ -200,7 +181,19 @@ class HnswIndex(Tombstoned):
             self._outside_max = max(self._outside_max, float((total - inside).max()))
         super().add(ids, vecs)
 
+    def calibrate(self, faces: np.ndarray, face_ids: np.ndarray) -> int | None:
+        """Calibrate `auto` ef_search on some of the graph's own faces (`ef.calibrate`); the ef chosen, or None
+        when the graph is too small to tell (the fixed curve then). Before the graph serves: see there."""
+        got = calibrate(self, faces, face_ids)
+        self.calibrated = None if got is None else (got[0], self.count)
+        self.calibration_recall = None if got is None else got[1]
+        return None if got is None else got[0]
+
+    def read_calibration(self, path: Path) -> None:
+        self.calibrated = read_calibration(path)
+
     def save(self, path: Path) -> None:
+        write_calibration(path, self.calibrated, self.calibration_recall)
         if self.projected:  # before the index (as the other sidecars): a crash between leaves a bound too high
             atomic_write(span_path(path), json.dumps({"outside_max": self._outside_max,
                                                       "drifted": self._drifted}).encode())
@@ -218,5 +211,5 @@ class HnswIndex(Tombstoned):
         return super().needs_compaction() or self._drifted > SPAN_REBUILD * max(1, len(self.alive))
 
     def _params(self, k: int, sel) -> faiss.SearchParameters:
-        ef = auto_ef(self.count) if self.ef_search == "auto" else int(self.ef_search)
+        ef = auto_ef(self.count, self.calibrated) if self.ef_search == "auto" else int(self.ef_search)
         return faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=sel)

@@ -22,8 +22,9 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..errors import FaceIndexError
+from .ef import CALIBRATION_FACES
 from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
-from .hnsw import graph_shape
+from .hnsw import GRAPH_SHAPE
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
@@ -218,7 +219,17 @@ class IndexManager:
         for path in [self.data / PARTIAL_META, *self.data.glob(PARTIAL_FILE + "*")]:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if isinstance(index, HnswIndex):
+            self._calibrate(index, catalog)
         return index
+
+    def _calibrate(self, graph: HnswIndex, catalog: Catalog) -> None:
+        """Calibrate a new graph's `auto` ef_search on CALIBRATION_FACES of its faces (`vectors/ef.py`)."""
+        ids = graph.ids()
+        pick = np.sort(np.random.default_rng(1).choice(ids, size=min(len(ids), CALIBRATION_FACES),
+                                                       replace=False)).tolist()
+        got, vecs = _all_embeddings(catalog, self.spec.dim, pick)
+        graph.calibrate(vecs, got)
 
     def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
         # codes, lists and a graph's span are trained on a sample; the vectors then stream in (10M x 256 float32
@@ -228,7 +239,7 @@ class IndexManager:
         pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
         sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
         if kind in ("hnsw", "hnswsq"):
-            m, efc = graph_shape(self.spec.dim)
+            m, efc = GRAPH_SHAPE
             graph = HnswIndex.empty(self.spec.dim, m=m, ef_construction=efc, ef_search=self.settings.ef_search,
                                     codes="sq8" if kind == "hnswsq" else "flat", project=True)
             graph.train(sample)

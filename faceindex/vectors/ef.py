@@ -1,0 +1,98 @@
+"""How many candidates a graph search keeps when `ef_search` is "auto": calibrated on the gallery itself when
+the graph is built, then grown with the gallery.
+
+Recall against exact search at a given ef depends on the data, not only on the graph's size: on the benchmark
+galleries (docs/benchmarks.md) the 128-d dlib faces reach recall@10 0.99 at 1M faces with ef ~190 on an M 48
+graph, the 256-d OMZ faces, whose synthetic neighbourhoods are flatter, need twice that at 300k. No one curve
+fits both packs, let alone an operator's own collection. So when the manager has built (or rebuilt) a graph it
+takes CALIBRATION_FACES faces of the gallery at random, finds each one's exact nearest neighbours (itself left
+out) and keeps the smallest ef of EF_LADDER whose searches find EF_RECALL of them (`calibrate`). As faces are
+added afterwards the ef grows as the square root of the gallery (the rate measured on the benchmark gallery for
+a fixed graph shape) until the next rebuild calibrates again. A graph saved without a calibration (older files,
+graphs too small to calibrate) uses the fixed curve `auto_ef`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..models.onnx_util import atomic_write
+
+EF_RECALL = 0.99  # recall@10 against exact search that a calibrated ef reaches on the gallery's own faces
+EF_LADDER = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
+EF_MAX = EF_LADDER[-1]
+CALIBRATION_FACES = 200
+AUTO_EF = (128, 100_000, 64, 512)  # the fixed curve: 128 at 100k faces, times sqrt(growth), within 64..512
+
+
+def auto_ef(n: int, calibrated: tuple[int, int] | None = None) -> int:
+    """Candidates an HNSW search keeps for a gallery of n faces when `ef_search` is "auto".
+
+    `calibrated` = (ef, faces when calibrated): that ef, grown as sqrt(n / faces) once the gallery is larger,
+    capped at EF_MAX. Without one, the fixed curve measured on the benchmark gallery with M 32 graphs: ef 128 at
+    100k faces, ~220 at 300k, ~400 at 1M (recall@10 0.990, 0.990-0.993, 0.990), capped at 512.
+    """
+    if calibrated is not None:
+        ef, at = calibrated
+        return int(min(EF_MAX, max(ef, round(ef * math.sqrt(max(1, n) / max(1, at))))))
+    base, at, lo, hi = AUTO_EF
+    return int(min(hi, max(lo, round(base * math.sqrt(max(1, n) / at)))))
+
+
+def calibrate(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> tuple[int, float] | None:
+    """(the smallest ef of EF_LADDER whose searches for `faces`, which `graph` holds as `face_ids`, find
+    EF_RECALL of their exact k nearest neighbours other than themselves, the recall it reached); EF_MAX when no
+    ef of the ladder gets there. None when the graph is too small to tell (fewer than 4 k faces).
+
+    Call it before the graph serves searches: it sets the graph's `ef_search` while it runs.
+    """
+    faces = np.ascontiguousarray(faces, np.float32)
+    face_ids = np.asarray(face_ids, np.int64)
+    if graph.count < 4 * k or not len(faces):
+        return None
+    truth = [set(_without(row, own, k)) for row, own in zip(graph.exact_top(faces, k + 1), face_ids)]
+    saved, recall = graph.ef_search, 0.0
+    try:
+        for ef in EF_LADDER:
+            graph.ef_search = ef
+            got = graph.search(faces, k + 1)[1]
+            recall = float(np.mean([len(want & set(_without(row, own, k))) / len(want) if want else 1.0
+                                    for row, own, want in zip(got, face_ids, truth)]))
+            if recall >= EF_RECALL:
+                return ef, recall
+        return EF_MAX, recall
+    finally:
+        graph.ef_search = saved
+
+
+def _without(row: np.ndarray, own: int, k: int) -> list[int]:
+    """The first k ids of a result row other than the face's own id and the -1 padding."""
+    return [i for i in row.tolist() if i != own and i >= 0][:k]
+
+
+def ef_path(path: Path) -> Path:
+    return path.with_name(path.name + ".ef.json")
+
+
+def read_calibration(path: Path) -> tuple[int, int] | None:
+    """(ef, faces) saved beside the graph at `path`; None when missing or unreadable (the fixed curve then)."""
+    try:
+        got = json.loads(ef_path(path).read_text())
+        return int(got["ef"]), int(got["faces"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_calibration(path: Path, calibrated: tuple[int, int] | None, recall: float | None) -> None:
+    """Save the calibration beside the graph at `path` (or remove a stale one when there is none)."""
+    if calibrated is None:
+        with contextlib.suppress(OSError):
+            ef_path(path).unlink()
+        return
+    atomic_write(ef_path(path), json.dumps({"ef": calibrated[0], "faces": calibrated[1],
+                                            "recall": recall, "target": EF_RECALL}).encode())
