@@ -166,7 +166,7 @@ class MilvusIndex:
 
     def _index_params(self, kind: str):
         params = self.client.prepare_index_params()
-        if kind == "hnsw":  # as the FAISS graph of 128-d faces: M 32, efConstruction 100 (docs/architecture.md)
+        if kind == "hnsw":  # M 32 / efConstruction 100: measured on Milvus (recall@10 0.998 at 200k, benchmarks.md)
             params.add_index("vec", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 100})
         else:
             # IVF is built per segment (512 MB by default): Milvus' rule of thumb 4 sqrt(rows per segment) gives
