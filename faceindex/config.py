@@ -60,8 +60,9 @@ class Settings(BaseSettings):
                                   "[/prefix] = a Milvus server or cluster (docs/scale.md)")
     ef_search: Annotated[int, Field(ge=8, le=4096)] | Literal["auto"] = Field(
         default="auto", description="HNSW candidates kept per query (recall vs latency, see docs/benchmarks.md); "
-                                    "auto: grows with the gallery to hold recall@10 near 0.99 (128 at 100k faces, "
-                                    "~400 at 1M)")
+                                    "auto: the smallest that finds 99% of the exact 10 nearest faces, calibrated on "
+                                    "the gallery when the graph is built, grown with it after "
+                                    "(docs/architecture.md)")
     nprobe: int = Field(default=128, ge=1, description="IVF lists visited per query (see docs/benchmarks.md)")
     max_upload_bytes: int = Field(default=20_000_000, gt=0, description="largest upload the server accepts")
     rate_limit: int = Field(
