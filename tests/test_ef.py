@@ -16,7 +16,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def graph(n: int, m: int = 4, efc: int = 16, seed: int = 0) -> tuple[HnswIndex, np.ndarray]:
+def graph(n: int, m: int = 8, efc: int = 16, seed: int = 0) -> tuple[HnswIndex, np.ndarray]:
     """A deliberately sparse graph (small M and efConstruction) over n random faces, ids 1000.., so that a
     small ef misses neighbours and the calibration has something to find."""
     vecs = unit(np.random.default_rng(seed), n)
@@ -51,6 +51,14 @@ def test_calibration_picks_the_smallest_ef_of_the_ladder_that_reaches_the_target
     assert recall(g, vecs, vecs[pick], pick + 1000, below) < EF_RECALL
     # the calibration left the graph's own setting alone
     assert g.ef_search == "auto"
+
+
+def test_a_graph_that_never_gets_there_is_searched_at_the_budget():
+    g, vecs = graph(4000, m=4)  # too sparse for recall 0.99 within EF_MAX here
+    pick = np.random.default_rng(1).choice(4000, 200, replace=False)
+    ef, got = calibrate(g, vecs[pick], pick + 1000)
+    assert ef == EF_MAX and got < EF_RECALL
+    assert got == pytest.approx(recall(g, vecs, vecs[pick], pick + 1000, EF_MAX))
 
 
 def test_exact_top_leaves_deleted_faces_out_and_pads():
