@@ -29,9 +29,10 @@ def visit_with_bytes() -> None:
 
     FAISS (1.11 on) switches to a std::unordered_set once a graph holds `visited_table_hashset_threshold` faces
     (500k in its first releases with it, 10M in 1.15) to spare the array's memory. Each visited node then costs
-    a hash insert: measured on the 10M-face graph (docs/benchmarks.md) the byte array is 1.5x faster (ef 256:
-    3.9 vs 5.9 ms; ef 512: 8.5 vs 12.8), on a 1M one 2x. The array costs one byte per face per searching
-    thread (10 MB at 10M). A process-wide FAISS setting; older FAISS has no hash set and no such setting.
+    a hash insert: on the 10M-face graph of docs/benchmarks.md the byte array is 1.5-1.7x faster (ef 256: 2.96
+    vs 4.42 ms; ef 576: 4.18 vs 7.16 ms, `benchmarks/visited_table.py`), on a 1M one 2x. The array costs one
+    byte per face per searching thread (10 MB at 10M). A process-wide FAISS setting; FAISS before 1.11 has no
+    hash set and no such setting.
     """
     try:
         if faiss.cvar.visited_table_hashset_threshold < VISITED_BYTES_UP_TO:
