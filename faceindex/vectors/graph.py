@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -270,17 +271,22 @@ class Tombstoned:
             return v @ self.fine_rows(np.arange(start, stop)).astype(np.float32).T
         return v @ self.inner.storage.reconstruct_n(start, stop - start).T
 
-    def exact_top(self, vecs, k: int) -> np.ndarray:
-        """Ids of the exact k best live faces for each query, best first (-1 where fewer), every face scored
-        block by block (the graph's own ef calibration, `ef.calibrate`)."""
-        v = _as_vecs(vecs, self.dim)
+    def _exact_blocks(self, v: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(start, stop, scores of positions start..stop, dead faces at -inf) over every face, block by block."""
         n = len(self.alive)
-        best_s = np.full((len(v), k), -np.inf, np.float32)  # padding: fewer than k live faces
-        best_p = np.zeros((len(v), k), np.int64)
         for start in range(0, n, 131072):
             stop = min(n, start + 131072)
             s = self._exact_scores(v, start, stop).astype(np.float32)
             s[:, ~self.alive[start:stop]] = -np.inf
+            yield start, stop, s
+
+    def exact_top(self, vecs, k: int) -> np.ndarray:
+        """Ids of the exact k best live faces for each query, best first (-1 where fewer), every face scored
+        (the graph's own ef calibration, `ef.calibrate`)."""
+        v = _as_vecs(vecs, self.dim)
+        best_s = np.full((len(v), k), -np.inf, np.float32)  # padding: fewer than k live faces
+        best_p = np.zeros((len(v), k), np.int64)
+        for start, stop, s in self._exact_blocks(v):
             s = np.concatenate([best_s, s], 1)
             p = np.concatenate([best_p, np.broadcast_to(np.arange(start, stop), (len(v), stop - start))], 1)
             top = np.argpartition(-s, k - 1, axis=1)[:, :k]
@@ -292,15 +298,12 @@ class Tombstoned:
     def range_search(self, vecs, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact: every live vector with inner product > threshold (opt-out and access must miss nothing)."""
         v = _as_vecs(vecs, self.dim)
-        n = len(self.alive)
         hits: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(v))]
-        for start in range(0, n, 131072):
-            stop = min(n, start + 131072)
-            s = self._exact_scores(v, start, stop)
+        for start, _, s in self._exact_blocks(v):
             for i in range(len(v)):
-                p = np.flatnonzero((s[i] > threshold) & self.alive[start:stop])
+                p = np.flatnonzero(s[i] > threshold)
                 if len(p):
-                    hits[i].append((s[i, p].astype(np.float32), self.id_map[start + p]))
+                    hits[i].append((s[i, p], self.id_map[start + p]))
         return [(np.concatenate([h[0] for h in hs]), np.concatenate([h[1] for h in hs])) if hs else
                 (np.zeros(0, np.float32), np.zeros(0, np.int64)) for hs in hits]
 
