@@ -1,9 +1,10 @@
 """Past one machine (issue 9): figures for the cluster backends, one subcommand per part.
 
 `search`: single-query latency (p50/p99) and recall@10 of the Milvus vector store (HNSW and IVF_SQ8, through
-`faceindex.vectors.milvus.MilvusIndex`, as the engine uses it) against the embedded FAISS default (HNSW, M 32,
-ef_search 192) on the same gallery in the same run; recall against exact search (FAISS flat). Also the time to
-load and index the gallery and the Milvus server's memory and disk per vector (for docs/scale.md).
+`faceindex.vectors.milvus.MilvusIndex`, as the engine uses it) against the embedded FAISS default (HNSW of the
+engine's shape, `hnsw.py: GRAPH_SHAPE`, ef_search 192; M 32 in the runs before 2026-12-02's fourth session) on
+the same gallery in the same run; recall against exact search (FAISS flat). Also the time to load and index the
+gallery and the Milvus server's memory and disk per vector (for docs/scale.md).
 
 Gallery = real LFW embeddings of the default pack (yunet-omz95, 256-d, cached in /work/cache by the people/search
 benchmarks) + synthetic distractors from benchmarks/search.py's two-level Gaussian fitted to them; queries =

@@ -76,7 +76,7 @@ def graph_of(inner: faiss.Index) -> faiss.IndexHNSW | None:
 
 
 GRAPH_SHAPE = (48, 200)
-"""(M, efConstruction) of the graphs the manager builds. Measured (docs/benchmarks.md) against M 32 /
+"""(M, efConstruction) of the graphs faceindex builds. Measured (docs/benchmarks.md) against M 32 /
 efConstruction 100: at 1M 128-d faces recall@10 0.991 at ef 192 (1.3 ms) where M 32 needs ef 384 (2.5 ms) for
 0.990; at 300k 256-d faces 0.990 at ef 384, which M 32 did not reach at any ef measured. Cost: 1.3-2.3x the build
 time and 128 more bytes of links a face."""
@@ -125,9 +125,10 @@ class HnswIndex(Tombstoned):
         return graph
 
     @classmethod
-    def empty(cls, dim: int, m: int = 32, ef_construction: int = 100, ef_search: int | str = "auto",
-              codes: str = "flat", project: bool = False) -> HnswIndex:
-        """A new graph; with `project`, `train` on a sample of the gallery may put it over the sample's span."""
+    def empty(cls, dim: int, m: int = GRAPH_SHAPE[0], ef_construction: int = GRAPH_SHAPE[1],
+              ef_search: int | str = "auto", codes: str = "flat", project: bool = False) -> HnswIndex:
+        """A new graph (M and efConstruction: GRAPH_SHAPE unless given); with `project`, `train` on a sample of
+        the gallery may put it over the sample's span."""
         out = cls(faiss.IndexIDMap(cls._graph(dim, m, ef_construction, codes)), ef_search=ef_search)
         if codes == "sq8":
             out._fine = np.zeros((0, dim), np.float16)

@@ -24,7 +24,6 @@ from ..catalog import Catalog
 from ..errors import FaceIndexError
 from .ef import CALIBRATION_FACES
 from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
-from .hnsw import GRAPH_SHAPE
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
@@ -239,8 +238,7 @@ class IndexManager:
         pick = np.sort(rng.choice(ids, size=min(len(ids), 200_000), replace=False)).tolist()
         sample = _all_embeddings(catalog, self.spec.dim, pick)[1]
         if kind in ("hnsw", "hnswsq"):
-            m, efc = GRAPH_SHAPE
-            graph = HnswIndex.empty(self.spec.dim, m=m, ef_construction=efc, ef_search=self.settings.ef_search,
+            graph = HnswIndex.empty(self.spec.dim, ef_search=self.settings.ef_search,
                                     codes="sq8" if kind == "hnswsq" else "flat", project=True)
             graph.train(sample)
             return graph
