@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
-from faceindex.vectors.ef import CALIBRATION_FACES, write_calibration  # noqa: E402
+from faceindex.vectors.ef import calibration_sample, write_calibration  # noqa: E402
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
 
 CHUNK = 1_000_000  # faces generated, searched exactly, or added between two checkpoints at a time
@@ -278,8 +278,7 @@ def main() -> None:
             continue
         if args.ef == "auto" and isinstance(ix, HnswIndex) and ix.calibrated is None:
             t = time.perf_counter()
-            pick = np.sort(np.random.default_rng(1).choice(len(gal), size=min(len(gal), CALIBRATION_FACES),
-                                                           replace=False))
+            pick = calibration_sample(np.arange(len(gal)))  # gallery rows = the graph's ids here
             ix.calibrate(np.ascontiguousarray(gal[pick]), pick)
             print(f"  {kind}: ef auto calibrated to {ix.calibrated[0]} (recall@10 {ix.calibration_recall:.4f} on "
                   f"{len(pick)} gallery faces, themselves left out) in {time.perf_counter() - t:.1f} s", flush=True)

@@ -47,6 +47,12 @@ def auto_ef(n: int, calibrated: tuple[int, int] | None = None) -> int:
     return int(min(hi, max(lo, round(base * math.sqrt(max(1, n) / at)))))
 
 
+def calibration_sample(ids: np.ndarray) -> np.ndarray:
+    """The CALIBRATION_FACES ids (sorted, seeded) of `ids` whose faces calibrate a graph holding them."""
+    ids = np.asarray(ids, np.int64)
+    return np.sort(np.random.default_rng(1).choice(ids, size=min(len(ids), CALIBRATION_FACES), replace=False))
+
+
 def calibrate(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> tuple[int, float] | None:
     """(the smallest ef of EF_LADDER whose searches for `faces`, which `graph` holds as `face_ids`, find
     EF_RECALL of their exact k nearest neighbours other than themselves, the recall it reached); EF_MAX when no

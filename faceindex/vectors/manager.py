@@ -22,7 +22,7 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..errors import FaceIndexError
-from .ef import CALIBRATION_FACES
+from .ef import calibration_sample
 from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
 
 INDEX_FILE = "vectors.faiss"
@@ -223,11 +223,8 @@ class IndexManager:
         return index
 
     def _calibrate(self, graph: HnswIndex, catalog: Catalog) -> None:
-        """Calibrate a new graph's `auto` ef_search on CALIBRATION_FACES of its faces (`vectors/ef.py`)."""
-        ids = graph.ids()
-        pick = np.sort(np.random.default_rng(1).choice(ids, size=min(len(ids), CALIBRATION_FACES),
-                                                       replace=False)).tolist()
-        got, vecs = _all_embeddings(catalog, self.spec.dim, pick)
+        """Calibrate a new graph's `auto` ef_search on a sample of its faces (`vectors/ef.py`)."""
+        got, vecs = _all_embeddings(catalog, self.spec.dim, calibration_sample(graph.ids()).tolist())
         graph.calibrate(vecs, got)
 
     def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
