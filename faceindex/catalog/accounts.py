@@ -4,15 +4,11 @@ two-person confirmations. A mixin of `Catalog` (it uses `db`, `transaction` and 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import numpy as np
 
 from ..errors import CatalogError, NotFoundError
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+from .util import now
 
 
 class AccountsMixin:

@@ -23,13 +23,14 @@ import numpy as np
 
 from ..errors import CatalogError, ModelError, NotFoundError
 from ..types import Box, Face
-from .accounts import AccountsMixin, now
+from .accounts import AccountsMixin
 from .people import PeopleMixin
-from .people import chunks as _chunks
 from .schema import ID_TABLES as ID_TABLES  # re-exported
 from .schema import SCHEMA as SCHEMA
 from .schema import SCHEMA_VERSION, UNIQUE_FACES
 from .schema import TABLES as TABLES
+from .util import chunks as _chunks
+from .util import now
 
 _BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
 

@@ -3,20 +3,14 @@ and moves. A mixin of `Catalog` (it uses `db`, `transaction`, `face_records` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError
-from .accounts import now
+from .util import chunks, now
 
 if TYPE_CHECKING:
     from .base import FaceRecord
-
-
-def chunks(seq: list, n: int) -> Iterator[list]:
-    """`seq` in slices of at most n (SQL parameter lists stay under the backends' limits)."""
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
 
 
 class PeopleMixin:
