@@ -39,10 +39,16 @@ def unit(rng: np.random.Generator, n: int, dim: int = DIM, rank: int | None = No
 
 
 def rank_of(kind: str) -> int | None:
-    return RANK if kind.endswith("p") else None
+    return RANK if kind.split("+")[0].endswith("p") else None
 
 
 def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
+    """An index of `kind` holding `vecs`; "+o" after a graph kind: renumbered in link order after the adds, as the
+    manager leaves a graph it has built (`HnswIndex.reorder`)."""
+    if kind.endswith("+o"):
+        index = make(kind[:-2], vecs, ids)
+        index.reorder()
+        return index
     if kind in ("hnswp", "hnswsqp"):  # a graph over the span of a training sample, as the manager makes them
         index = HnswIndex.empty(vecs.shape[1], ef_search=64, codes="sq8" if kind == "hnswsqp" else "flat",
                                 project=True)
@@ -62,7 +68,7 @@ def make(kind: str, vecs: np.ndarray, ids: np.ndarray):
     return index
 
 
-KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq", "hnswp", "hnswsqp"]
+KINDS = ["exact", "ivf", "hnsw", "hnswsq", "ivfsq", "hnswp", "hnswsqp", "hnswp+o", "hnswsq+o"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -316,6 +322,7 @@ def test_the_manager_builds_dense_graphs_and_calibrates_their_ef(tmp_path, spec)
     m.wait()
     graph = graph_of(faiss.downcast_index(m.index.index.index))
     assert m.index.projected and (graph.hnsw.nb_neighbors(1), graph.hnsw.efConstruction) == GRAPH_SHAPE
+    assert graph.hnsw.entry_point == 0  # renumbered in breadth-first order from the entry point (`reorder`)
     assert m.index.search(vecs[:10], 1)[1][:, 0].tolist() == ids[:10]
     # `auto` ef_search was calibrated on the gallery's own faces, saved beside the index and read back
     ef, faces = m.index.calibrated

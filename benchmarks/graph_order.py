@@ -1,0 +1,83 @@
+"""One stored graph in its build order and renumbered in breadth-first order of its links (`HnswIndex.reorder`,
+what the index manager does to every graph it builds), query by query.
+
+Writes the renumbered copy to `--out` (timing the renumbering), opens both memory-mapped as the engine does,
+warms both with one pass over the queries, then searches each query on both, alternating which goes first, so
+that both see the same load; single queries, one thread. The two return the same faces (the same graph): the
+recall columns must agree.
+
+    python benchmarks/graph_order.py --index DIR/dlib-1000000-hnswp48-efc200/index \
+        --queries DIR/queries-dlib-1000000-1000-0.npz --out /tmp/ordered --ef 160,192,256
+
+(the folders `benchmarks/index_kinds.py --store DIR` keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import recall_at_k  # noqa: E402
+
+from faceindex.vectors.faiss import HnswIndex, load_index  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--index", type=Path, required=True, help="a stored graph in build order")
+    ap.add_argument("--queries", type=Path, required=True, help="the .npz of queries and exact truth beside it")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the renumbered copy (kept: reused)")
+    ap.add_argument("--ef", default="160,192,256", help="ef_search values, comma-separated")
+    ap.add_argument("--n", type=int, default=1000, help="queries used")
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(1)
+    ordered = args.out / "index"
+    if not ordered.is_file():
+        args.out.mkdir(parents=True, exist_ok=True)
+        graph = load_index(args.index, mmap=True)
+        if not isinstance(graph, HnswIndex):
+            raise SystemExit(f"{args.index} holds no graph")
+        t = time.perf_counter()
+        graph.reorder()
+        took = time.perf_counter() - t
+        graph.save(ordered)
+        print(f"# renumbered {graph.count:,} faces in {took:.1f} s (one thread), peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+        del graph
+    graphs = {"build order": load_index(args.index, mmap=True), "BFS order": load_index(ordered, mmap=True)}
+    z = np.load(args.queries)
+    queries = np.ascontiguousarray(z["queries"][:args.n], np.float32)
+    truth = z["truth"][:args.n]
+    print(f"# {args.index}: {graphs['build order'].count:,} faces, {len(queries)} queries, FAISS "
+          f"{faiss.__version__}, load {os.getloadavg()}", flush=True)
+    for ix in graphs.values():  # the first pass faults the mapped pages in; not counted
+        for i in range(len(queries)):
+            ix.search(queries[i:i + 1], 10)
+    for ef in (int(e) for e in args.ef.split(",")):
+        lat = {m: [] for m in graphs}
+        found = {m: [] for m in graphs}
+        for ix in graphs.values():
+            ix.ef_search = ef
+        for i in range(len(queries)):
+            for m in list(graphs) if i % 2 == 0 else list(graphs)[::-1]:
+                t = time.perf_counter()
+                ids = graphs[m].search(queries[i:i + 1], 10)[1]
+                lat[m].append(time.perf_counter() - t)
+                found[m].append(ids[0])
+        cells = [f"{m} p50 {np.median(lat[m]) * 1e3:5.2f} ms p99 {np.quantile(lat[m], 0.99) * 1e3:5.2f} ms "
+                 f"(recall@10 {recall_at_k(np.stack(found[m]), truth):.4f})" for m in graphs]
+        ratio = np.median(lat["BFS order"]) / np.median(lat["build order"])
+        print(f"  ef {ef:>4}: " + "   ".join(cells) + f"   BFS / build order {ratio:.2f}x", flush=True)
+    print(f"load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
