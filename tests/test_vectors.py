@@ -230,13 +230,15 @@ def test_span_basis_keeps_the_directions_in_use_and_only_when_it_pays():
     rng = np.random.default_rng(11)
     inside = unit(rng, 2000, 64, rank=40)
     basis = span_basis(inside)
-    assert basis.shape == (64, 40)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(40), atol=1e-5)
+    assert basis.shape == (64, 48)  # 40 directions in use, widened to a multiple of 16 (SIMD codes)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(48), atol=1e-5)
     q = unit(rng, 5, 64)  # any query: inner products with vectors in the span are kept
     np.testing.assert_allclose((q @ basis) @ (inside[:50] @ basis).T, q @ inside[:50].T, atol=1e-5)
     assert span_basis(unit(rng, 2000, 64)) is None  # full rank: nothing to gain
     assert span_basis(unit(rng, 2000, 64, rank=60)) is None  # 60 of 64: less than 10% to gain
     assert span_basis(inside[:300]) is None  # too few vectors to tell (< 8 d)
+    # 20 of 32 in use: widened to 32 it would gain nothing, so the 20 are kept as they are
+    assert span_basis(unit(rng, 2000, 32, rank=20)).shape == (32, 20)
 
 
 @pytest.mark.parametrize("kind", ["hnswp", "hnswsqp"])

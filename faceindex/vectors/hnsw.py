@@ -18,6 +18,7 @@ from .graph import Tombstoned, _as_vecs
 
 SPAN_LOST = 1e-6  # share of a training sample's energy the directions a projected graph drops may hold
 SPAN_SHARE = 0.9  # project only when that keeps at most 90% of the dimensions
+SPAN_ALIGN = 16  # a span is widened to a multiple of this many directions where that still fits SPAN_SHARE
 SPAN_DRIFT = 1e-3  # share of an added face's energy outside the span that counts it as drifted
 SPAN_REBUILD = 0.01  # drifted faces (share of the graph) that call for a rebuild on a fresh sample
 SPAN_SLACK = 1e-4  # largest score error allowed from the parts outside the span (fp16 rounding is ~1e-3)
@@ -50,6 +51,12 @@ def span_basis(sample: np.ndarray) -> np.ndarray | None:
     fire), the 256-d OMZ ones in ~150. A graph over the coordinates in that span computes the same inner
     products with 61% (59%) of the arithmetic and memory per visited face. The basis is uncentred (eigenvectors
     of the second moment, not the covariance), so that inner products, not just distances, are kept.
+
+    The span is widened with the next directions to a multiple of SPAN_ALIGN (dlib: 80, OMZ: 160) where that
+    still fits: FAISS scores SQ8 and fp16 codes with SIMD only when the width is a multiple of 16 (8 without
+    AVX-512), and one element at a time otherwise. On a 1M-face SQ8 graph over dlib's 78 directions that made
+    searches 2.7-2.9x slower (fp16: 3.1-3.3x) than over the same directions padded to 80
+    (`benchmarks/code_width.py`, docs/benchmarks.md).
     """
     s = np.asarray(sample, np.float64)
     n, d = s.shape
@@ -59,6 +66,9 @@ def span_basis(sample: np.ndarray) -> np.ndarray | None:
     w, v = w[::-1], v[:, ::-1]
     kept = np.cumsum(w) / max(float(w.sum()), 1e-30)
     dims = int(np.searchsorted(kept, 1 - SPAN_LOST)) + 1
+    aligned = -(-dims // SPAN_ALIGN) * SPAN_ALIGN
+    if aligned <= SPAN_SHARE * d:
+        dims = aligned
     if dims > SPAN_SHARE * d:
         return None
     return np.ascontiguousarray(v[:, :dims], np.float32)
