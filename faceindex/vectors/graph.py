@@ -242,7 +242,8 @@ class Tombstoned:
         sims, pos = self.inner.search(v, wide, params=self._params(wide, sel))
         if rerank:
             sims, pos = self._rerank(v, pos, k, sims, outside)
-        ids = np.where(pos >= 0, self.id_map[np.maximum(pos, 0)], -1)
+        ids = self.id_map[pos]
+        ids[pos < 0] = -1
         return sims, ids
 
     def _plan(self, v: np.ndarray) -> tuple[bool, np.ndarray | None]:

@@ -154,6 +154,8 @@ class HnswIndex(Tombstoned):
         self.calibration_recall: float | None = None
         self._spec: tuple[int, int, str] | None = None  # (m, efConstruction, codes) of a graph not trained yet
         self._span: np.ndarray | None = None  # the projection's basis, once read
+        self._outside: np.ndarray | None = None  # (d, d) projection onto the span's complement, once made
+        self._search_params: tuple[int, object, faiss.SearchParameters] | None = None  # (ef, selector, params)
         # faces added with over SPAN_DRIFT of their energy outside the span; the largest such energy of any face
         self._drifted, self._outside_max = 0, 0.0
 
@@ -211,8 +213,11 @@ class HnswIndex(Tombstoned):
     def _plan(self, v: np.ndarray) -> tuple[bool, np.ndarray | None]:
         if not self.projected or self.kind == "hnswsq":  # SQ8 codes: the fp16 re-rank scores everything
             return super()._plan(v)
-        b = self._basis()
-        out = v - (v @ b) @ b.T
+        if self._outside is None:  # I - B B^T: a query's part outside the span in one product (3 numpy calls a
+            # search instead of 5; each costs microseconds with the caches cold from the last search)
+            b = self._basis().astype(np.float64)
+            self._outside = (np.eye(self.dim) - b @ b.T).astype(np.float32)
+        out = v @ self._outside
         bound = float(np.einsum("nd,nd->n", out, out).max()) * self._outside_max
         return bound > SPAN_SLACK ** 2, out
 
@@ -275,4 +280,10 @@ class HnswIndex(Tombstoned):
 
     def _params(self, k: int, sel) -> faiss.SearchParameters:
         ef = auto_ef(self.count, self.calibrated) if self.ef_search == "auto" else int(self.ef_search)
-        return faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=sel)
+        ef = max(ef, k)
+        cached = self._search_params  # made once per (ef, selector): a SWIG object costs ~10-40 us a search
+        if cached is not None and cached[0] == ef and cached[1] is sel:
+            return cached[2]
+        params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
+        self._search_params = (ef, sel, params)
+        return params
