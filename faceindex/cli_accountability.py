@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .catalog import now
 from .cli import _emit_json, _fail, _open, app, err, keys_app, out, state
 from .errors import CatalogError, FaceIndexError
 from .text import shown
@@ -167,7 +168,7 @@ def audit_anchor(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         raise _fail(e) from e
     if as_json:
         _emit_json({"head": f"{seq}:{digest}", "seq": seq, "hash": digest, "mode": mode,
-                    "time": datetime.now(UTC).isoformat(timespec="seconds")})
+                    "time": now()})
     else:
         out.print(f"{seq}:{digest}", markup=False, highlight=False)
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from .. import anchor as anchoring
 from ..audit import AuditLog, AuditVerification
+from ..catalog import now as catalog_now
 from ..engine import FaceIndex, audit_target
 from ..errors import FaceIndexError
 from ..policy import PERMISSIONS
@@ -141,7 +142,7 @@ class ChainCheck:
             log_.exception("audit chain check failed")
             res = AuditVerification(False, 0, None, "The audit log cannot be verified: internal error.")
         with self.lock:
-            self.result = (res, datetime.now(UTC).isoformat(timespec="seconds"), time.monotonic())
+            self.result = (res, catalog_now(), time.monotonic())
             self.thread = None
 
     def get(self, wait: float | None = None) -> tuple[AuditVerification, str] | None:
