@@ -13,7 +13,8 @@ queries in one call, all threads).
     python benchmarks/index_kinds.py --pack dlib --size 300000 --kinds base,hnsw32,hnswsq32,ivfsq
 
 A "p" after the prefix (`hnswp32`, `hnswsqp32`) builds the graph over the span of the training sample, as the
-engine does (`faceindex/vectors/hnsw.py: span_basis`).
+engine does (`faceindex/vectors/hnsw.py: span_basis`), and, as the engine, the script renumbers every graph it has built
+in link order (`HnswIndex.reorder`; `benchmarks/graph_order.py` compares the two orders).
 
 Large galleries: `--store DIR` keeps the gallery (a memory-mapped .npy written in chunks) and every built index
 there, and checkpoints a build every `--checkpoint` faces; a killed run resumes from its last checkpoint, and a
