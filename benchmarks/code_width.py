@@ -13,7 +13,6 @@ alone find).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stored_graph  # noqa: E402
 from search import recall_at_k  # noqa: E402
 
 from faceindex.vectors.hnsw import SPAN_ALIGN, visit_with_bytes  # noqa: E402
@@ -45,11 +45,7 @@ def relinked(graph: faiss.IndexHNSW, xs: np.ndarray, codes: str) -> faiss.IndexH
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index", type=Path, required=True, help="a stored projected float graph")
-    ap.add_argument("--queries", type=Path, required=True, help="the .npz of queries and exact truth beside it")
-    ap.add_argument("--ef", default="160,256", help="ef_search values, comma-separated")
-    ap.add_argument("--n", type=int, default=1000, help="queries used")
+    ap = stored_graph.parser(__doc__, "a stored projected float graph", "160,256")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
     visit_with_bytes()
@@ -64,9 +60,8 @@ def main() -> None:
     n, d = int(graph.ntotal), int(graph.d)
     wide = -(-d // SPAN_ALIGN) * SPAN_ALIGN
     xs = faiss.rev_swig_ptr(faiss.downcast_index(graph.storage).get_xb(), n * d).reshape(n, d)
-    z = np.load(args.queries)
-    queries = faiss.downcast_VectorTransform(pre.chain.at(0)).apply(np.ascontiguousarray(z["queries"][:args.n], np.float32))
-    truth = z["truth"][:args.n]
+    queries, truth = stored_graph.read_queries(args.queries, args.n)
+    queries = faiss.downcast_VectorTransform(pre.chain.at(0)).apply(queries)
     variants = {}
     for codes in ("flat", "fp16", "sq8"):
         for width in (d, wide):
@@ -77,7 +72,7 @@ def main() -> None:
           f"{faiss.__version__} ({faiss.get_compile_options().strip()}), load {os.getloadavg()}", flush=True)
     names = list(variants)
     rng = np.random.default_rng(0)
-    for ef in (int(e) for e in args.ef.split(",")):
+    for ef in args.ef:
         params = faiss.SearchParametersHNSW(efSearch=ef)
         lat = {m: [] for m in names}
         found = {m: [] for m in names}

@@ -14,7 +14,6 @@ recall columns must agree.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -25,18 +24,15 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stored_graph  # noqa: E402
 from search import recall_at_k  # noqa: E402
 
 from faceindex.vectors.faiss import HnswIndex, load_index  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index", type=Path, required=True, help="a stored graph in build order")
-    ap.add_argument("--queries", type=Path, required=True, help="the .npz of queries and exact truth beside it")
+    ap = stored_graph.parser(__doc__, "a stored graph in build order", "160,192,256")
     ap.add_argument("--out", type=Path, required=True, help="folder for the renumbered copy (kept: reused)")
-    ap.add_argument("--ef", default="160,192,256", help="ef_search values, comma-separated")
-    ap.add_argument("--n", type=int, default=1000, help="queries used")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
     ordered = args.out / "index"
@@ -53,15 +49,13 @@ def main() -> None:
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
         del graph
     graphs = {"build order": load_index(args.index, mmap=True), "BFS order": load_index(ordered, mmap=True)}
-    z = np.load(args.queries)
-    queries = np.ascontiguousarray(z["queries"][:args.n], np.float32)
-    truth = z["truth"][:args.n]
+    queries, truth = stored_graph.read_queries(args.queries, args.n)
     print(f"# {args.index}: {graphs['build order'].count:,} faces, {len(queries)} queries, FAISS "
           f"{faiss.__version__}, load {os.getloadavg()}", flush=True)
     for ix in graphs.values():  # the first pass faults the mapped pages in; not counted
         for i in range(len(queries)):
             ix.search(queries[i:i + 1], 10)
-    for ef in (int(e) for e in args.ef.split(",")):
+    for ef in args.ef:
         lat = {m: [] for m in graphs}
         found = {m: [] for m in graphs}
         for ix in graphs.values():

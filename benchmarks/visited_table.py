@@ -13,7 +13,6 @@ same cache state; single queries, one thread.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stored_graph  # noqa: E402
 from search import recall_at_k  # noqa: E402
 
 from faceindex.vectors.faiss import load_index  # noqa: E402
@@ -30,19 +30,13 @@ from faceindex.vectors.hnsw import VISITED_BYTES_UP_TO  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index", type=Path, required=True, help="a stored graph (opened memory-mapped)")
-    ap.add_argument("--queries", type=Path, required=True, help="the .npz of queries and exact truth beside it")
-    ap.add_argument("--ef", default="256,512", help="ef_search values, comma-separated")
-    ap.add_argument("--n", type=int, default=1000, help="queries used")
+    ap = stored_graph.parser(__doc__, "a stored graph (opened memory-mapped)", "256,512")
     args = ap.parse_args()
     if not hasattr(faiss.cvar, "visited_table_hashset_threshold"):
         raise SystemExit("this FAISS has no hash-set visited table (before 1.11): nothing to compare")
     faiss.omp_set_num_threads(1)
     ix = load_index(args.index, mmap=True)
-    z = np.load(args.queries)
-    queries = np.ascontiguousarray(z["queries"][:args.n], np.float32)
-    truth = z["truth"][:args.n]
+    queries, truth = stored_graph.read_queries(args.queries, args.n)
     print(f"# {args.index}: {ix.count:,} faces, {len(queries)} queries, FAISS {faiss.__version__}, "
           f"load {os.getloadavg()}", flush=True)
     modes = {"byte array": VISITED_BYTES_UP_TO, "hash set": 0}
@@ -50,7 +44,7 @@ def main() -> None:
     for i in range(len(queries)):  # the first pass faults the mapped pages in; not counted
         ix.search(queries[i:i + 1], 10)
     print(f"  warm-up pass {time.perf_counter() - t:.1f} s", flush=True)
-    for ef in (int(e) for e in args.ef.split(",")):
+    for ef in args.ef:
         ix.ef_search = ef
         lat = {m: [] for m in modes}
         found = {m: [] for m in modes}
