@@ -233,9 +233,10 @@ class HnswIndex(Tombstoned):
     def reorder(self) -> None:
         """Renumber the faces in breadth-first order of the graph's links (`bfs_order`), so that faces linked to
         each other lie near each other in memory: a search's ~11k visited faces then touch fewer pages (TLB
-        misses) and DRAM rows. The same graph and results, 15-20% faster at 1M faces (docs/benchmarks.md,
-        `benchmarks/graph_order.py`). The manager calls it once a build is complete; faces added later go at the
-        end, in the order they come, until the next rebuild. Reads a mapped index into memory first."""
+        misses) and DRAM rows. The same graph and results in 0.79-0.89x the search time at 1M and 10M faces
+        (docs/benchmarks.md, `benchmarks/graph_order.py`). The manager calls it once a build is complete, before
+        the graph serves (not safe beside searches); faces added later go at the end, in the order they come,
+        until the next rebuild. Reads a mapped index into memory first."""
         self._materialise()
         self._join()
         graph = graph_of(self.inner)
