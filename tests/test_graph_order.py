@@ -105,3 +105,9 @@ def test_a_mapped_graph_reorders_and_takes_new_faces_after(tmp_path):
     assert mapped.search(vecs[:20], 1)[1][:, 0].tolist() == ids[:20].tolist()
     untouched = load_index(tmp_path / "index", ef_search=48)
     assert faiss.vector_to_array(untouched.index.id_map).tolist() == ids.tolist()
+
+
+def test_an_empty_graph_reorders_to_itself():
+    index = HnswIndex.empty(DIM, m=12, ef_construction=40)
+    index.reorder()
+    assert index.count == 0 and index.ids().tolist() == []

@@ -240,6 +240,8 @@ class HnswIndex(Tombstoned):
         self._materialise()
         self._join()
         graph = graph_of(self.inner)
+        if not int(graph.ntotal):
+            return
         order = bfs_order(graph.hnsw, int(graph.ntotal))
         graph.permute_entries(order)  # links and vectors / codes (new position i holds old order[i])
         self._id_map = self._id_map[order]
