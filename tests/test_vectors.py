@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -315,7 +316,11 @@ def test_the_manager_builds_graphs_over_the_span_of_a_sample(tmp_path):
 
 
 @pytest.mark.parametrize("spec", [RESNET_SPEC, OMZ95_SPEC])
-def test_the_manager_builds_dense_graphs_and_calibrates_their_ef(tmp_path, spec):
+def test_the_manager_builds_dense_graphs_and_calibrates_their_ef(tmp_path, monkeypatch, spec):
+    seen = []  # (faces the graph held, the calibration's faces) when it was calibrated
+    calibrate = HnswIndex.calibrate
+    monkeypatch.setattr(HnswIndex, "calibrate", lambda self, faces, face_ids: (
+        seen.append((set(self.ids().tolist()), set(np.asarray(face_ids).tolist()))), calibrate(self, faces, face_ids))[1])
     catalog = open_catalog(tmp_path / "catalog.db")
     m = IndexManager(catalog, tmp_path, spec, Settings(data=tmp_path, exact_threshold=100))
     vecs = unit(np.random.default_rng(15), 2100, spec.dim, rank=spec.dim // 2)
@@ -324,9 +329,14 @@ def test_the_manager_builds_dense_graphs_and_calibrates_their_ef(tmp_path, spec)
     m.wait()
     graph = graph_of(faiss.downcast_index(m.index.index.index))
     assert m.index.projected and (graph.hnsw.nb_neighbors(1), graph.hnsw.efConstruction) == GRAPH_SHAPE
-    assert graph.hnsw.entry_point == 0  # renumbered in breadth-first order from the entry point (`reorder`)
+    built = m.index.id_map[:1890]  # renumbered in link order (`reorder`), not in the order the faces came
+    assert not (np.diff(built) > 0).all()
     assert m.index.search(vecs[:10], 1)[1][:, 0].tolist() == ids[:10]
-    # `auto` ef_search was calibrated on the gallery's own faces, saved beside the index and read back
+    assert m.index.count == 2100 and set(m.index.ids().tolist()) == set(ids)
+    # `auto` ef_search was calibrated on 210 (10%) of the gallery's faces held out of the graph until then (and
+    # added after), saved beside the index and read back
+    [(held_then, calibrated_on)] = seen
+    assert len(calibrated_on) == 210 and not held_then & calibrated_on and len(held_then) == 1890
     ef, faces = m.index.calibrated
     assert faces == 2100 and m.index._params(10, None).efSearch == ef and m.index.calibration_recall >= 0.99
     m.close()
@@ -480,14 +490,17 @@ def test_a_build_that_dies_resumes_from_its_checkpoint(tmp_path, monkeypatch, ki
     m.index  # noqa: B018 - exact serves; the build beside dies after two batches (two checkpoints)
     m.wait()
     assert isinstance(m.rebuild_error, MemoryError) and m.index.kind == "exact"
-    assert (tmp_path / mg.PARTIAL_META).is_file()
+    held = set(json.loads((tmp_path / mg.PARTIAL_META).read_text())["held"])  # a graph's calibration faces
+    assert len(held) == (20 if kind != "ivfsq" else 0)
     added.clear()
     monkeypatch.setattr(cls, "add", lambda self, i, v: add(self, i, v, fail=False))
     ids += fill(catalog, vecs[200:], start=200)
     m.index  # noqa: B018 - a change: the build is tried again, from the checkpoint
     m.wait()
     assert m.index.kind == kind and m.index.count == 201
-    assert added[0][0] == ids[80]  # resumed after the two checkpointed batches
+    assert added[0][0] == min(set(ids[80:]) - held)  # resumed after the two checkpointed batches
+    if held:  # the same faces held out as before the crash, added once the graph was calibrated
+        assert set(added[-1]) == held and not held & {i for batch in added[:-1] for i in batch}
     assert not list(tmp_path.glob("vectors.partial*"))
     assert m.index.search(vecs[:3], 1)[1][:, 0].tolist() == ids[:3]
     catalog.close()

@@ -49,10 +49,12 @@ def auto_ef(n: int, calibrated: tuple[int, int] | None = None) -> int:
     return int(min(hi, max(lo, round(base * math.sqrt(max(1, n) / at)))))
 
 
-def calibration_sample(ids: np.ndarray) -> np.ndarray:
-    """The CALIBRATION_FACES ids (sorted, seeded) of `ids` whose faces calibrate a graph holding them."""
+def calibration_sample(ids: np.ndarray, share: float = 1.0) -> np.ndarray:
+    """The ids (sorted, seeded) of `ids` whose faces calibrate a graph: CALIBRATION_FACES, or `share` of them
+    when that is fewer (a build holds its calibration faces out of the graph until it is calibrated)."""
     ids = np.asarray(ids, np.int64)
-    return np.sort(np.random.default_rng(1).choice(ids, size=min(len(ids), CALIBRATION_FACES), replace=False))
+    n = min(CALIBRATION_FACES, int(share * len(ids)))
+    return np.sort(np.random.default_rng(1).choice(ids, size=n, replace=False))
 
 
 def calibrate(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> tuple[int, float] | None:
