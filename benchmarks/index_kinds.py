@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
-from faceindex.vectors.ef import calibration_sample, write_calibration  # noqa: E402
+from faceindex.vectors.ef import CALIBRATION_FACES, write_calibration  # noqa: E402
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
 
 CHUNK = 1_000_000  # faces generated, searched exactly, or added between two checkpoints at a time
@@ -68,16 +68,7 @@ def gallery(pack: str, size: int, n_queries: int, seed: int, store: Path | None 
         z = np.load(files[1], allow_pickle=True)
         return np.load(files[0], mmap_mode="r"), z["queries"], z["truth"], [set(m.tolist()) for m in z["mates"]]
     rng = np.random.default_rng(seed)
-    emb, names = load_real(pack)
-    uniq, inv, counts = np.unique(names, return_inverse=True, return_counts=True)
-    multi = np.flatnonzero(counts[inv] >= 2)
-    # one held-out face per person with 2+ images, so every query has mates in the gallery
-    first = {}
-    for i in rng.permutation(multi):
-        first.setdefault(inv[i], i)
-    q_idx = np.array(list(first.values()))[:n_queries]
-    rest = np.setdiff1d(np.arange(len(emb)), q_idx)
-    model = FaceModel(emb[rest], names[rest])
+    emb, names, q_idx, rest, model = _model(pack, n_queries, rng)
     shape = (size, emb.shape[1])
     gal = np.lib.format.open_memmap(files[0], mode="w+", dtype=np.float32, shape=shape) if files else \
         np.empty(shape, np.float32)
@@ -93,6 +84,27 @@ def gallery(pack: str, size: int, n_queries: int, seed: int, store: Path | None 
         np.savez(files[1], queries=queries, truth=truth,
                  mates=np.array([np.array(sorted(m), np.int64) for m in mates], dtype=object))
     return gal, queries, truth, mates
+
+
+def _model(pack: str, n_queries: int, rng: np.random.Generator):
+    """(real embeddings, names, the held-out query rows, the other rows, the generator fitted to those)."""
+    emb, names = load_real(pack)
+    uniq, inv, counts = np.unique(names, return_inverse=True, return_counts=True)
+    multi = np.flatnonzero(counts[inv] >= 2)
+    # one held-out face per person with 2+ images, so every query has mates in the gallery
+    first = {}
+    for i in rng.permutation(multi):
+        first.setdefault(inv[i], i)
+    q_idx = np.array(list(first.values()))[:n_queries]
+    rest = np.setdiff1d(np.arange(len(emb)), q_idx)
+    return emb, names, q_idx, rest, FaceModel(emb[rest], names[rest])
+
+
+def stand_ins(pack: str, n_queries: int, seed: int) -> np.ndarray:
+    """CALIBRATION_FACES new faces from the gallery's generator, in no graph: what the engine's calibration faces
+    are (faces of the gallery held out of the graph until it is calibrated) for a graph built with them all."""
+    _, _, _, _, model = _model(pack, n_queries, np.random.default_rng(seed))
+    return np.ascontiguousarray(model.sample(CALIBRATION_FACES, np.random.default_rng(seed + 7919))[0], np.float32)
 
 
 def exact_top(gal: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -234,8 +246,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="base,hnsw32,hnswsq32,ivfsq")
     ap.add_argument("--efc", type=int, default=100, help="HNSW efConstruction")
     ap.add_argument("--ef", type=lambda v: v if v == "auto" else int(v), default="auto",
-                    help="HNSW ef_search for the main row; auto (default): calibrated on 200 gallery faces after "
-                         "the build, as the engine does (faceindex/vectors/ef.py)")
+                    help="HNSW ef_search for the main row; auto (default): calibrated after the build as the engine does "
+                         "(faceindex/vectors/ef.py), on 500 new faces of new people from the gallery's generator "
+                         "(the engine holds 500 gallery faces out of the graph; these need a little more)")
     ap.add_argument("--nprobe", type=int, default=64, help="IVF-SQ8 nprobe for the main row")
     ap.add_argument("--sweep", default="", help="widths to sweep per kind, e.g. hnsw:96,192,384;ivfsq:32,64,128")
     ap.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0 = all)")
@@ -284,10 +297,11 @@ def main() -> None:
             continue
         if args.ef == "auto" and isinstance(ix, HnswIndex) and ix.calibrated is None:
             t = time.perf_counter()
-            pick = calibration_sample(np.arange(len(gal)))  # gallery rows = the graph's ids here
-            ix.calibrate(np.ascontiguousarray(gal[pick]), pick)
+            faces = stand_ins(args.pack, args.queries, 0)
+            ix.calibrate(faces, -1 - np.arange(len(faces)))  # ids no face of the graph has
             print(f"  {kind}: ef auto calibrated to {ix.calibrated[0]} (recall@10 {ix.calibration_recall:.4f} on "
-                  f"{len(pick)} gallery faces, themselves left out) in {time.perf_counter() - t:.1f} s", flush=True)
+                  f"{len(faces)} new faces from the gallery's generator) in {time.perf_counter() - t:.1f} s",
+                  flush=True)
             if stored is not None:  # kept with the stored graph; opened again so that the pages the calibration's
                 # exact scan read are not counted as the searches' resident memory
                 write_calibration(stored / "index", ix.calibrated, ix.calibration_recall)

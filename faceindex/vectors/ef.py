@@ -4,9 +4,13 @@ graph is built, then grown with the gallery.
 Recall against exact search at a given ef depends on the data, not only on the graph's size: on the benchmark
 galleries (docs/benchmarks.md) the 128-d dlib faces reach recall@10 0.99 at 1M faces with ef ~190 on an M 48 graph,
 the 256-d OMZ faces, whose synthetic neighbourhoods are flatter, need twice that at 300k. No one curve fits both
-packs, let alone an operator's own collection. So when the manager has built (or rebuilt) a graph it takes
-CALIBRATION_FACES faces of the gallery at random, finds each one's exact nearest neighbours (itself left out) and
-keeps the smallest ef of EF_LADDER whose searches find EF_RECALL of them (`calibrate`), up to EF_MAX: past that,
+packs, let alone an operator's own collection. So when the manager builds (or rebuilds) a graph it holds
+CALIBRATION_FACES faces of the gallery, at random, out of it; once the graph is built it finds each one's exact
+nearest neighbours in the graph and keeps the smallest ef of EF_LADDER whose searches find EF_RECALL of them
+(`calibrate`), up to EF_MAX, then adds them. Held out, they stand for probes, which the graph does not hold: a
+face the graph holds reaches its own node, whose links are its nearest neighbours, and would call for too small
+an ef (`benchmarks/calibration_faces.py`: 0.99 at ef 80 for faces in a 200k-face graph, 128 held out, 144 for
+real probes). past that,
 recall against exact search is bought with milliseconds for neighbours that barely differ (on the 256-d benchmark
 gallery at 1M faces recall@10 0.99 needs ef ~1000, 11 ms, for 0.988 against 0.976 at 640 and 4.9 ms, while
 same-person recall is 0.999 at 640 already). As faces are added afterwards the ef grows as the square root of the
@@ -58,9 +62,10 @@ def calibration_sample(ids: np.ndarray, share: float = 1.0) -> np.ndarray:
 
 
 def calibrate(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> tuple[int, float] | None:
-    """(the smallest ef of EF_LADDER whose searches for `faces`, which `graph` holds as `face_ids`, find
-    EF_RECALL of their exact k nearest neighbours other than themselves, the recall it reached); EF_MAX when no
-    ef of the ladder gets there. None when the graph is too small to tell (fewer than 4 k faces).
+    """(the smallest ef of EF_LADDER whose searches for `faces` find EF_RECALL of their exact k nearest neighbours
+    in `graph`, the recall it reached); EF_MAX when no ef of the ladder gets there. Faces best not in the graph
+    (see above); one it holds (as its id in `face_ids`) is left out of its own lists. None when the graph is too
+    small to tell (fewer than 4 k faces).
 
     Call it before the graph serves searches: it sets the graph's `ef_search` while it runs.
     """

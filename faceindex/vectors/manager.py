@@ -231,10 +231,10 @@ class IndexManager:
         """Calibrate a new graph's `auto` ef_search (`vectors/ef.py`) on the faces `held` out of it, then add them.
 
         A face the graph holds is a poor stand-in for a probe: its search reaches its own node, whose links are
-        its nearest neighbours, so it finds them at an ef that new faces do not (on 200k dlib faces recall@10 0.99
-        at ef 80 for faces in the graph, 144 for faces held out, 160-176 for real held-out probes;
-        docs/benchmarks.md). A build resumed from a checkpoint written before faces were held out calibrates on
-        faces the graph holds, as before."""
+        its nearest neighbours, so it finds them at an ef that new faces do not (200k dlib faces: recall@10 0.99
+        at ef 80 for faces in the graph, 128 for the same faces held out, 144 for real probes;
+        `benchmarks/calibration_faces.py`, docs/benchmarks.md). A build resumed from a checkpoint written before
+        faces were held out calibrates on faces the graph holds, as before."""
         if not len(held):
             held = calibration_sample(graph.ids())
         got, vecs = _all_embeddings(catalog, self.spec.dim, held.tolist())  # faces deleted meanwhile are gone
