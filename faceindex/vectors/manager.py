@@ -30,7 +30,7 @@ INDEX_META = "vectors.json"
 TRAINED = ("ivf", "ivfsq")  # kinds with lists trained on the gallery: retrained when it grows 8-fold
 BUILD_BATCH = 100_000  # faces read from the catalog and added at a time while building
 CHECKPOINT_EVERY = 1_000_000  # faces added between two saves of a build in progress (resumable builds)
-HELD_OUT_SHARE = 0.1  # most of a new graph's faces kept out of it for its calibration (500 from 5,000 faces on)
+HELD_OUT_SHARE = 0.1  # the largest share of a new graph's faces held out for its calibration (500 from 5,000 on)
 PARTIAL_FILE = "vectors.partial.faiss"
 PARTIAL_META = "vectors.partial.json"
 
