@@ -7,16 +7,15 @@ the 256-d OMZ faces, whose synthetic neighbourhoods are flatter, need twice that
 packs, let alone an operator's own collection. So when the manager builds (or rebuilds) a graph it holds
 CALIBRATION_FACES faces of the gallery, at random, out of it; once the graph is built it finds each one's exact
 nearest neighbours in the graph and keeps the smallest ef of EF_LADDER whose searches find EF_RECALL of them
-(`calibrate`), up to EF_MAX, then adds them. Held out, they stand for probes, which the graph does not hold: a
-face the graph holds reaches its own node, whose links are its nearest neighbours, and would call for too small
-an ef (`benchmarks/calibration_faces.py`: 0.99 at ef 80 for faces in a 200k-face graph, 128 held out, 144 for
-real probes). past that,
-recall against exact search is bought with milliseconds for neighbours that barely differ (on the 256-d benchmark
-gallery at 1M faces recall@10 0.99 needs ef ~1000, 11 ms, for 0.988 against 0.976 at 640 and 4.9 ms, while
-same-person recall is 0.999 at 640 already). As faces are added afterwards the ef grows as the square root of the
-gallery (the rate measured on the benchmark gallery for a fixed graph shape), within EF_MAX, until the next rebuild
-calibrates again. A graph saved without a calibration (older files, graphs too small to calibrate) uses the fixed
-curve `auto_ef`.
+(`calibrate`), then adds them. Held out, they stand for probes, which the graph does not hold: a face the graph
+holds reaches its own node, whose links are its nearest neighbours, and would call for too small an ef
+(`benchmarks/calibration_faces.py`: 0.99 at ef 80 for faces in a 200k-face graph, 128 held out, 144 for real
+probes). The ef stops at EF_MAX: past that, recall against exact search is bought with milliseconds for neighbours
+that barely differ (on the 256-d benchmark gallery at 1M faces recall@10 0.99 needs ef ~1000, 11 ms, for 0.988
+against 0.976 at 640 and 4.9 ms, while same-person recall is 0.999 at 640 already). As faces are added afterwards
+the ef grows as the square root of the gallery (the rate measured on the benchmark gallery for a fixed graph
+shape), within EF_MAX, until the next rebuild calibrates again. A graph saved without a calibration (older files,
+graphs too small to calibrate) uses the fixed curve `auto_ef`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..models.onnx_util import atomic_write
 
-EF_RECALL = 0.99  # recall@10 against exact search that a calibrated ef reaches on the gallery's own faces
+EF_RECALL = 0.99  # recall@10 against exact search that a calibrated ef reaches on the calibration faces
 # steps of 16 to 256, then 32: an ef at most 1/11 above the one that reaches EF_RECALL (search time grows about
 # as the ef; steps of 32 to 192 then 64 overshot by up to 1/5)
 EF_LADDER = tuple(range(32, 256, 16)) + tuple(range(256, 641, 32))

@@ -253,8 +253,8 @@ class HnswIndex(Tombstoned):
         self._changed()
 
     def calibrate(self, faces: np.ndarray, face_ids: np.ndarray) -> int | None:
-        """Calibrate `auto` ef_search on some of the graph's own faces (`ef.calibrate`); the ef chosen, or None
-        when the graph is too small to tell (the fixed curve then). Before the graph serves: see there."""
+        """Calibrate `auto` ef_search on `faces` (best faces the graph does not hold: `ef.calibrate`); the ef
+        chosen, or None when the graph is too small to tell (the fixed curve then). Before the graph serves."""
         got = calibrate(self, faces, face_ids)
         self.calibrated = None if got is None else (got[0], self.count)
         self.calibration_recall = None if got is None else got[1]
