@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_kinds import stand_ins  # noqa: E402
 
-from faceindex.vectors.ef import CALIBRATION_FACES, EF_LADDER  # noqa: E402
+from faceindex.vectors.ef import CALIBRATION_FACES, EF_LADDER, nearest, recall_at  # noqa: E402
 from faceindex.vectors.faiss import HnswIndex  # noqa: E402
 
 
@@ -36,17 +36,12 @@ def build(gal: np.ndarray, ids: np.ndarray) -> HnswIndex:
     return graph
 
 
-def curve(graph: HnswIndex, faces: np.ndarray, own: np.ndarray | None, efs: list[int], k: int = 10) -> list[float]:
-    """recall@k against exact search at each ef; `own`: the faces' ids in the graph, left out of both lists."""
-    own = np.full(len(faces), -2) if own is None else own
-    truth = [[i for i in row if i != o][:k] for row, o in zip(graph.exact_top(faces, k + 1).tolist(), own)]
-    out = []
-    for ef in efs:
-        graph.ef_search = ef
-        got = graph.search(faces, k + 1)[1].tolist()
-        out.append(float(np.mean([len(set(t) & {i for i in g if i != o}) / k
-                                  for t, g, o in zip(truth, got, own)])))
-    return out
+def curve(graph: HnswIndex, faces: np.ndarray, own: np.ndarray | None, efs: list[int]) -> list[float]:
+    """recall@10 against exact search at each ef, as the calibration measures it; `own`: the faces' ids in the
+    graph (left out of both lists), None for faces it does not hold."""
+    own = -1 - np.arange(len(faces)) if own is None else own  # ids no face of the graph has
+    truth = nearest(graph, faces, own)
+    return [recall_at(graph, ef, faces, own, truth) for ef in efs]
 
 
 def main() -> None:

@@ -72,19 +72,30 @@ def calibrate(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> tu
     face_ids = np.asarray(face_ids, np.int64)
     if graph.count < 4 * k or not len(faces):
         return None
-    truth = [set(_without(row, own, k)) for row, own in zip(graph.exact_top(faces, k + 1), face_ids)]
+    truth = nearest(graph, faces, face_ids, k)
     saved, recall = graph.ef_search, 0.0
     try:
         for ef in EF_LADDER:
-            graph.ef_search = ef
-            got = graph.search(faces, k + 1)[1]
-            recall = float(np.mean([len(want & set(_without(row, own, k))) / len(want) if want else 1.0
-                                    for row, own, want in zip(got, face_ids, truth)]))
+            recall = recall_at(graph, ef, faces, face_ids, truth, k)
             if recall >= EF_RECALL:
                 return ef, recall
         return EF_MAX, recall
     finally:
         graph.ef_search = saved
+
+
+def nearest(graph, faces: np.ndarray, face_ids: np.ndarray, k: int = 10) -> list[set[int]]:
+    """Each face's exact k nearest faces in `graph` (ids), the face itself left out where the graph holds it."""
+    return [set(_without(row, own, k)) for row, own in zip(graph.exact_top(faces, k + 1), face_ids)]
+
+
+def recall_at(graph, ef: int, faces: np.ndarray, face_ids: np.ndarray, truth: list[set[int]],
+              k: int = 10) -> float:
+    """recall@k of `graph`'s searches for `faces` with ef_search = ef (left set) against `truth` (`nearest`)."""
+    graph.ef_search = ef
+    got = graph.search(faces, k + 1)[1]
+    return float(np.mean([len(want & set(_without(row, own, k))) / len(want) if want else 1.0
+                          for row, own, want in zip(got, face_ids, truth)]))
 
 
 def _without(row: np.ndarray, own: int, k: int) -> list[int]:

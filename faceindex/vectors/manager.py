@@ -235,14 +235,14 @@ class IndexManager:
         at ef 80 for faces in the graph, 128 for the same faces held out, 144 for real probes;
         `benchmarks/calibration_faces.py`, docs/benchmarks.md). A build resumed from a checkpoint written before
         faces were held out calibrates on faces the graph holds, as before."""
-        if not len(held):
-            held = calibration_sample(graph.ids())
-        got, vecs = _all_embeddings(catalog, self.spec.dim, held.tolist())  # faces deleted meanwhile are gone
+        held_out = len(held) > 0
+        got, vecs = _all_embeddings(catalog, self.spec.dim,  # faces deleted meanwhile are gone
+                                    (held if held_out else calibration_sample(graph.ids())).tolist())
         graph.calibrate(vecs, got)
-        out = ~np.isin(got, graph.ids())
-        graph.add(got[out], vecs[out])
-        if graph.calibrated is not None:  # it holds for the graph with them: ef grows from this size on
-            graph.calibrated = (graph.calibrated[0], graph.count)
+        if held_out:
+            graph.add(got, vecs)
+            if graph.calibrated is not None:  # it holds for the graph with them: ef grows from this size on
+                graph.calibrated = (graph.calibrated[0], graph.count)
 
     def _new_index(self, kind: str, catalog: Catalog) -> AnyIndex:
         # codes, lists and a graph's span are trained on a sample; the vectors then stream in (10M x 256 float32
