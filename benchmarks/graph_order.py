@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 
 import faiss
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stored_graph  # noqa: E402
-from search import recall_at_k  # noqa: E402
 
 from faceindex.vectors.faiss import HnswIndex, load_index  # noqa: E402
 
@@ -52,24 +50,7 @@ def main() -> None:
     queries, truth = stored_graph.read_queries(args.queries, args.n)
     print(f"# {args.index}: {graphs['build order'].count:,} faces, {len(queries)} queries, FAISS "
           f"{faiss.__version__}, load {os.getloadavg()}", flush=True)
-    for ix in graphs.values():  # the first pass faults the mapped pages in; not counted
-        for i in range(len(queries)):
-            ix.search(queries[i:i + 1], 10)
-    for ef in args.ef:
-        lat = {m: [] for m in graphs}
-        found = {m: [] for m in graphs}
-        for ix in graphs.values():
-            ix.ef_search = ef
-        for i in range(len(queries)):
-            for m in list(graphs) if i % 2 == 0 else list(graphs)[::-1]:
-                t = time.perf_counter()
-                ids = graphs[m].search(queries[i:i + 1], 10)[1]
-                lat[m].append(time.perf_counter() - t)
-                found[m].append(ids[0])
-        cells = [f"{m} p50 {np.median(lat[m]) * 1e3:5.2f} ms p99 {np.quantile(lat[m], 0.99) * 1e3:5.2f} ms "
-                 f"(recall@10 {recall_at_k(np.stack(found[m]), truth):.4f})" for m in graphs]
-        ratio = np.median(lat["BFS order"]) / np.median(lat["build order"])
-        print(f"  ef {ef:>4}: " + "   ".join(cells) + f"   BFS / build order {ratio:.2f}x", flush=True)
+    stored_graph.compare(graphs, queries, truth, args.ef)
     print(f"load {os.getloadavg()}")
 
 

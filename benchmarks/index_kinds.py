@@ -14,7 +14,9 @@ queries in one call, all threads).
 
 A "p" after the prefix (`hnswp32`, `hnswsqp32`) builds the graph over the span of the training sample, as the
 engine does (`faceindex/vectors/hnsw.py: span_basis`), and, as the engine, the script renumbers every graph it has built
-in link order (`HnswIndex.reorder`; `benchmarks/graph_order.py` compares the two orders).
+in link order (`HnswIndex.reorder`; `benchmarks/graph_order.py` compares the two orders). Graphs are searched as the
+server serves them: read into huge pages up to the manager's PIN_UP_TO, memory-mapped above (`--mapped`: always
+mapped; `benchmarks/huge_pages.py` compares the two).
 
 Large galleries: `--store DIR` keeps the gallery (a memory-mapped .npy written in chunks) and every built index
 there, and checkpoints a build every `--checkpoint` faces; a killed run resumes from its last checkpoint, and a
@@ -43,6 +45,7 @@ from search import FaceModel, mate_recall, recall_at_k  # noqa: E402
 
 from faceindex.vectors.ef import CALIBRATION_FACES, write_calibration  # noqa: E402
 from faceindex.vectors.faiss import FaissIndex, HnswIndex, IvfSqIndex, load_index  # noqa: E402
+from faceindex.vectors.manager import PIN_UP_TO  # noqa: E402
 
 CHUNK = 1_000_000  # faces generated, searched exactly, or added between two checkpoints at a time
 
@@ -238,6 +241,11 @@ def mapped_resident(folder: Path) -> int:
     return total
 
 
+def served_pinned(folder: Path, args) -> bool:
+    """Whether the server would serve the graph saved in `folder` from huge pages (`IndexManager.pin_graph`)."""
+    return not args.mapped and (folder / "index").stat().st_size <= PIN_UP_TO
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="dlib", help="dlib (128-d) or yunet-omz95 (256-d)")
@@ -254,6 +262,9 @@ def main() -> None:
     ap.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0 = all)")
     ap.add_argument("--checkpoint", type=int, default=CHUNK, help="faces added between two checkpoints (--store)")
     ap.add_argument("--build-only", action="store_true", help="build (or resume) the kinds into --store and stop")
+    ap.add_argument("--mapped", action="store_true",
+                    help="search graphs memory-mapped as opened, not read into huge pages (up to the manager's "
+                    "PIN_UP_TO) as the server serves them")
     ap.add_argument("--store", type=Path, default=None,
                     help="folder keeping built indexes (not the baseline) between runs: a kind already built for "
                          "this pack, size and efConstruction is loaded instead of built again (its build time is "
@@ -279,7 +290,7 @@ def main() -> None:
             else None
         anon_before = allocated()
         if stored is not None and (stored / "index").is_file():
-            ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True)
+            ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True, pin=served_pinned(stored, args))
             desc, secs = (stored / "built.txt").read_text().split("\t")
             secs = float(secs)
             print(f"  {kind}: loaded from {stored}", flush=True)
@@ -306,7 +317,7 @@ def main() -> None:
                 # exact scan read are not counted as the searches' resident memory
                 write_calibration(stored / "index", ix.calibrated, ix.calibration_recall)
                 del ix
-                ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True)
+                ix = load_index(stored / "index", args.nprobe, args.ef, mmap=True, pin=served_pinned(stored, args))
         anon = allocated() - anon_before
         folder = stored if stored is not None else \
             Path(tempfile.mkdtemp(prefix=f"kinds-{kind}-", dir=os.environ.get("TMPDIR", "/tmp")))
@@ -322,6 +333,10 @@ def main() -> None:
                 opens.append(time.perf_counter() - t)
                 del again
         opens = [float("nan")] * (2 - len(opens)) + opens  # not measured: the baseline, or a read over 2 GB
+        if isinstance(ix, HnswIndex) and not ix.pinned and served_pinned(folder, args):  # as the server serves it
+            t = time.perf_counter()
+            ix = load_index(folder / "index", args.nprobe, args.ef, mmap=True, pin=True)
+            print(f"  {kind}: read into huge pages in {time.perf_counter() - t:.2f} s", flush=True)
         if stored is None:
             shutil.rmtree(folder)
         built[kind] = (ix, desc, secs, size, opens, anon, stored)

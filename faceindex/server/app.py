@@ -101,6 +101,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 def create_app(settings: Settings) -> FastAPI:
     """The faceindex API and web page over `settings.data`."""
     engine = FaceIndex(settings)
+    engine.vectors.pin_graph()  # a long-lived process: graphs are served from huge pages once loaded
     lock = threading.RLock()  # the engine's catalog connection and index are used by one request at a time
     limiter = RateLimiter(settings.rate_limit)
     work = WorkQueue(settings.max_pending)  # engine work of async endpoints: in threads, bounded, 503 beyond

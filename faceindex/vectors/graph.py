@@ -83,13 +83,16 @@ class Tombstoned:
         self._count: int | None = None
         # set by map_codes: the file whose vectors (or codes) are memory-mapped rather than read
         self._mapped: tuple[int, weakref.finalize] | None = None
+        self.pinned = False  # the index is a view of huge-page memory (`faiss.read_pinned`)
 
-    def map_codes(self, fd: int) -> None:
+    def map_codes(self, fd: int, pinned: bool = False) -> None:
         """The index's vectors / codes are memory-mapped from the file open as `fd` (faiss IO_FLAG_MMAP_IFC):
-        opening a 1M-face graph reads its links only (0.1-0.2 s instead of 0.7-1.2 s). A mapped store cannot
-        grow, so the first add reads the whole index into memory from the same file (`fd` keeps it even if
-        a newer index has replaced it since)."""
+        opening a 1M-face graph reads its links only (0.1-0.2 s instead of 0.7-1.2 s); or, `pinned`, the index
+        is a view of that file read into huge pages. Neither store can grow, so the first add reads the whole
+        index into ordinary memory from the same file (`fd` keeps it even if a newer index has replaced it
+        since)."""
         self._mapped = (fd, weakref.finalize(self, os.close, fd))
+        self.pinned = pinned
 
     def _materialise(self) -> None:
         if self._mapped is None:
@@ -101,6 +104,7 @@ class Tombstoned:
         self.index = full
         self.inner = faiss.downcast_index(full.index)
         self._mapped = None
+        self.pinned = False
         closer()
 
     def _join(self) -> None:
@@ -116,6 +120,11 @@ class Tombstoned:
     def id_map(self) -> np.ndarray:
         self._join()
         return self._id_map
+
+    @property
+    def version(self) -> int:
+        """Moves on every change to the faces the index holds (its id map or tombstones)."""
+        return self._version
 
     @property
     def alive(self) -> np.ndarray:
