@@ -118,3 +118,22 @@ def test_graphs_over_the_size_limit_stay_mapped(tmp_path, monkeypatch):
     m.wait()
     assert not m.index.pinned
     catalog.close()
+
+
+def test_a_failed_read_into_huge_pages_leaves_the_live_graph_serving(tmp_path, monkeypatch):
+    import errno
+
+    from faceindex.vectors import faiss as fx
+
+    def no_memory(fd):
+        raise OSError(errno.ENOMEM, "cannot allocate memory")
+
+    monkeypatch.setattr(mg, "PIN_QUIET", 0.0)
+    monkeypatch.setattr(fx, "read_pinned", no_memory)
+    catalog, m, ids, vecs = _graph_manager(tmp_path)
+    live = m.index
+    m.pin_graph()
+    m.wait()
+    assert m.index is live and not live.pinned
+    assert m.index.search(vecs[:5], 1)[1][:, 0].tolist() == ids[:5]
+    catalog.close()

@@ -131,8 +131,8 @@ def read_pinned(fd: int) -> faiss.Index:
     links, vectors and codes are views of that memory, which the returned index keeps alive.
 
     A graph search visits ~11k faces at 1M, each a link list and a vector somewhere in 0.7 GB: with 4 kB pages
-    nearly every one is a TLB miss, with 2 MB pages the whole graph fits the TLB's reach. 0.85x the search time
-    of the mapped graph at 1M dlib faces, 0.95x at 1M 256-d and 0.96x at 10M SQ8 (`benchmarks/huge_pages.py`,
+    nearly every one is a TLB miss, with 2 MB pages the whole graph fits the TLB's reach. 0.87x the search time
+    of the mapped graph at 1M dlib faces, 0.93x at 1M 256-d and 0.94x at 10M SQ8 (`benchmarks/huge_pages.py`,
     docs/benchmarks.md). Raises RuntimeError on a file FAISS cannot read."""
     size = os.fstat(fd).st_size
     if size == 0:
@@ -163,7 +163,7 @@ def _read_mapped(path: Path, pin: bool = False) -> tuple[faiss.IndexIDMap, int] 
         return None
     try:
         index = read_pinned(fd) if pin else faiss.read_index(f"/proc/self/fd/{fd}", faiss.IO_FLAG_MMAP_IFC)
-    except RuntimeError:
+    except (RuntimeError, OSError):  # OSError: no memory for the huge-page copy
         os.close(fd)
         return None
     if isinstance(index, faiss.IndexIDMap) and graph_of(faiss.downcast_index(index.index)) is not None:

@@ -35,8 +35,8 @@ HELD_OUT_SHARE = 0.1  # the largest share of a new graph's faces held out for it
 PARTIAL_FILE = "vectors.partial.faiss"
 PARTIAL_META = "vectors.partial.json"
 PIN_QUIET = 30.0  # seconds without a change before a graph changed in memory is read into huge pages again
-PIN_UP_TO = 2 << 30  # largest graph file read into huge pages: above, it gained 4-5% and the read needs twice
-# the graph's memory while it runs (docs/benchmarks.md, benchmarks/huge_pages.py)
+PIN_UP_TO = 2 << 30  # largest graph file read into huge pages: at 10M faces (4 GB) it gained 6%, and the read
+# needs twice the graph's memory while it runs (docs/benchmarks.md, benchmarks/huge_pages.py)
 
 AnyIndex = FaissIndex | Tombstoned
 
@@ -59,6 +59,7 @@ class IndexManager:
         self.rebuild_error: BaseException | None = None
         self._pin = False  # serve graphs from huge pages (`pin_graph`)
         self._pin_thread: threading.Thread | None = None
+        self.pin_error: BaseException | None = None  # why the last read into huge pages failed
         self._pin_tried: tuple[int, int] | None = None  # (id, version) of the index last read into huge pages
         self._changed_at = 0.0  # monotonic time of the last change to the in-memory index
 
@@ -210,9 +211,9 @@ class IndexManager:
 
     # --- huge pages: a long-lived process serves its graph from memory the kernel maps in 2 MB pages ----------
     def pin_graph(self) -> None:
-        """Serve HNSW graphs from huge pages from now on (`faiss.read_pinned`: 0.85x the search time at 1M dlib
+        """Serve HNSW graphs from huge pages from now on (`faiss.read_pinned`: 0.87x the search time at 1M dlib
         faces). For long-lived processes, the server: the index still opens mapped (0.1 s at 1M), and a thread
-        then reads the saved graph into huge pages (0.3-0.9 s at 1M) and swaps it in if it holds exactly the
+        then reads the saved graph into huge pages (0.3-1.2 s at 1M) and swaps it in if it holds exactly the
         faces of the live one. An add reads the graph back into ordinary memory (a view of huge pages cannot
         grow); it is read into huge pages again once the index has been saved and left unchanged PIN_QUIET
         seconds, and after every rebuild. A one-shot CLI search would only pay for the read."""
@@ -240,7 +241,8 @@ class IndexManager:
             if path.stat().st_size > PIN_UP_TO:
                 return
             pinned = load_index(path, self.settings.nprobe, self.settings.ef_search, mmap=True, pin=True)
-        except (OSError, FaceIndexError):
+        except Exception as e:  # noqa: BLE001 - the live index keeps serving, as it was
+            self.pin_error = e
             return
         with self.lock:  # swapped in only when the file held exactly the live index's faces and nothing changed
             if (self._index is index and (id(index), index.version) == key and isinstance(pinned, HnswIndex)
