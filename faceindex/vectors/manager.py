@@ -61,7 +61,7 @@ class IndexManager:
         self._pin_thread: threading.Thread | None = None
         self.pin_error: BaseException | None = None  # why the last read into huge pages failed
         self._pin_tried: tuple[int, int] | None = None  # (id, version) of the index last read into huge pages
-        self._changed_at = 0.0  # monotonic time of the last change to the in-memory index
+        self._changed_at = float("-inf")  # monotonic time of the last change to the in-memory index
 
     # --- the index -------------------------------------------------------------------------------------------
     @property
