@@ -24,7 +24,7 @@ import numpy as np
 from ..catalog import Catalog
 from ..errors import FaceIndexError
 from .ef import calibration_sample
-from .faiss import FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
+from .faiss import MAP_CODES, FaissIndex, HnswIndex, IvfSqIndex, Tombstoned, load_index
 
 INDEX_FILE = "vectors.faiss"
 INDEX_META = "vectors.json"
@@ -223,8 +223,8 @@ class IndexManager:
 
     def _maybe_pin(self) -> None:
         index = self._index
-        if not self._pin or not isinstance(index, HnswIndex) or index.pinned:
-            return
+        if not self._pin or not MAP_CODES or not isinstance(index, HnswIndex) or index.pinned:
+            return  # (not Linux: graphs are read whole, no descriptor to read them back from)
         if any(t is not None and t.is_alive() for t in (self._pin_thread, self._rebuild_thread)):
             return  # one at a time, and none beside a build: both want memory and cores
         key = (id(index), index.version)
