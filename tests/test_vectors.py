@@ -242,6 +242,32 @@ def test_span_basis_keeps_the_directions_in_use_and_only_when_it_pays():
     assert span_basis(unit(rng, 2000, 32, rank=20)).shape == (32, 20)
 
 
+def test_a_graph_saved_with_a_narrow_span_is_rebuilt_beside_with_a_wide_one(tmp_path, monkeypatch):
+    """Graphs saved before spans were widened to SIMD width (dlib: 78 directions, 80 now) are rebuilt once."""
+    from faceindex.vectors import hnsw
+
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 1100, 128, rank=40)  # 40 directions in use: widened to 48 now
+    monkeypatch.setattr(hnsw, "SPAN_ALIGN", 1)  # as spans were made before
+    catalog, m = manager(tmp_path, index_kind="hnsw")
+    ids = fill(catalog, vecs)
+    m.index  # noqa: B018 - builds the graph beside the exact index
+    m.wait()
+    old = m.index
+    assert old.kind == "hnsw" and old.projected and old._basis().shape[1] == 40 and not old.narrow_span
+    monkeypatch.setattr(hnsw, "SPAN_ALIGN", 16)
+    assert old.narrow_span and old.needs_compaction()
+    again = IndexManager(catalog, tmp_path, RESNET_SPEC, Settings(data=tmp_path, index_kind="hnsw"))
+    assert again.index.narrow_span  # the saved graph serves while its replacement is built beside
+    again.wait()
+    new = again.index
+    assert new.projected and new._basis().shape[1] == 48 and not new.needs_compaction()
+    assert new.search(vecs[:20], 1)[1][:, 0].tolist() == ids[:20]
+    again.wait()
+    assert again.index is new  # once
+    catalog.close()
+
+
 @pytest.mark.parametrize("kind", ["hnswp", "hnswsqp"])
 def test_a_projected_graph_scores_exactly_and_finds_faces_outside_its_span(tmp_path, kind):
     """Faces added after training with energy outside the span are still found (their projection guides the

@@ -279,7 +279,18 @@ class HnswIndex(Tombstoned):
             self._outside_max, self._drifted = 1.0, 0
 
     def needs_compaction(self) -> bool:
-        return super().needs_compaction() or self._drifted > SPAN_REBUILD * max(1, len(self.alive))
+        return (super().needs_compaction() or self._drifted > SPAN_REBUILD * max(1, len(self.alive))
+                or self.narrow_span)
+
+    @property
+    def narrow_span(self) -> bool:
+        """Whether the graph's span is narrower than SIMD width where `span_basis` now widens it (graphs saved
+        before it did: dlib's 78 directions, 80 now): such a graph takes 1.13x the search time as floats, 2.7-2.9x
+        as SQ8 codes (docs/benchmarks.md), so the manager rebuilds it beside, once, on a fresh sample."""
+        if not self.projected:
+            return False
+        width = int(faiss.downcast_VectorTransform(self.inner.chain.at(0)).d_out)
+        return width % SPAN_ALIGN != 0 and -(-width // SPAN_ALIGN) * SPAN_ALIGN <= SPAN_SHARE * self.dim
 
     def _params(self, k: int, sel) -> faiss.SearchParameters:
         ef = auto_ef(self.count, self.calibrated) if self.ef_search == "auto" else int(self.ef_search)
