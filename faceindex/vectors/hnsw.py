@@ -65,13 +65,16 @@ def span_basis(sample: np.ndarray) -> np.ndarray | None:
     w, v = np.linalg.eigh(s.T @ s / n)
     w, v = w[::-1], v[:, ::-1]
     kept = np.cumsum(w) / max(float(w.sum()), 1e-30)
-    dims = int(np.searchsorted(kept, 1 - SPAN_LOST)) + 1
-    aligned = -(-dims // SPAN_ALIGN) * SPAN_ALIGN
-    if aligned <= SPAN_SHARE * d:
-        dims = aligned
+    dims = widened(int(np.searchsorted(kept, 1 - SPAN_LOST)) + 1, d)
     if dims > SPAN_SHARE * d:
         return None
     return np.ascontiguousarray(v[:, :dims], np.float32)
+
+
+def widened(dims: int, d: int) -> int:
+    """`dims` span directions widened to the next multiple of SPAN_ALIGN where that still fits SPAN_SHARE of d."""
+    aligned = -(-dims // SPAN_ALIGN) * SPAN_ALIGN
+    return aligned if aligned <= SPAN_SHARE * d else dims
 
 
 def span_path(path: Path) -> Path:
@@ -289,8 +292,8 @@ class HnswIndex(Tombstoned):
         as SQ8 codes (docs/benchmarks.md), so the manager rebuilds it beside, once, on a fresh sample."""
         if not self.projected:
             return False
-        width = int(faiss.downcast_VectorTransform(self.inner.chain.at(0)).d_out)
-        return width % SPAN_ALIGN != 0 and -(-width // SPAN_ALIGN) * SPAN_ALIGN <= SPAN_SHARE * self.dim
+        width = self._basis().shape[1]
+        return widened(width, self.dim) != width
 
     def _params(self, k: int, sel) -> faiss.SearchParameters:
         ef = auto_ef(self.count, self.calibrated) if self.ef_search == "auto" else int(self.ef_search)
