@@ -24,6 +24,11 @@ finished build is loaded instead of built again. `--build-only` builds (or resum
 
     nice -n 19 python benchmarks/index_kinds.py --pack dlib --size 10000000 --kinds hnswsq32 --store DIR --build-only
     python benchmarks/index_kinds.py --pack dlib --size 10000000 --kinds hnswsq32 --store DIR
+
+A gallery is the first rows of every larger one of the same pack and `--queries`, so a checkpoint of a build
+(`DIR/<pack>-<size>-<kind>-efc<efC>/partial`, holding `done.txt`'s count of faces) moved to
+`DIR2/<pack>-<count>-<kind>-efc<efC>/partial` is measured as a finished graph of that size with `--size <count>
+--store DIR2`.
 """
 
 from __future__ import annotations
@@ -78,7 +83,9 @@ def gallery(pack: str, size: int, n_queries: int, seed: int, store: Path | None 
     real = min(size, len(rest))
     gal[:real] = emb[rest][:real]
     for s in range(real, size, CHUNK):  # in chunks: the sampler's float64 temporaries of 10M faces are 10 GB
-        gal[s:min(size, s + CHUNK)] = model.sample(min(size, s + CHUNK) - s, rng)[0]
+        # whole chunks, the last one cut: a smaller gallery is then the first rows of a larger one (same seed and
+        # queries), so a checkpoint of a large build can be measured as a graph of its size
+        gal[s:min(size, s + CHUNK)] = model.sample(CHUNK, rng)[0][:min(size, s + CHUNK) - s]
     queries = np.ascontiguousarray(emb[q_idx])
     mates = [set(np.searchsorted(rest, rest[names[rest] == names[i]]).tolist()) for i in q_idx]
     truth = exact_top(gal, queries, 10)
