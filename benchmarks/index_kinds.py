@@ -85,7 +85,8 @@ def gallery(pack: str, size: int, n_queries: int, seed: int, store: Path | None 
     for s in range(real, size, CHUNK):  # in chunks: the sampler's float64 temporaries of 10M faces are 10 GB
         # whole chunks, the last one cut: a smaller gallery is then the first rows of a larger one (same seed and
         # queries), so a checkpoint of a large build can be measured as a graph of its size
-        gal[s:min(size, s + CHUNK)] = model.sample(CHUNK, rng)[0][:min(size, s + CHUNK) - s]
+        end = min(size, s + CHUNK)
+        gal[s:end] = model.sample(CHUNK, rng)[0][:end - s]
     queries = np.ascontiguousarray(emb[q_idx])
     mates = [set(np.searchsorted(rest, rest[names[rest] == names[i]]).tolist()) for i in q_idx]
     truth = exact_top(gal, queries, 10)
